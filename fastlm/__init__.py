@@ -1,0 +1,19 @@
+"""fastlm: fast CPU inference for Llama-family language models.
+
+The public API. ``fastlm.reference`` holds the float64 NumPy textbook model with the same names.
+"""
+from . import reference
+from .accounting import count_model_parameters, generation_flops, generation_flops_with_cache
+from .config import PRESETS, ModelConfig
+from .errors import FastLMError, FastLMTypeError, FastLMValueError, ModelFormatError
+from .model import CausalLM
+from .reference import create_causal_mask
+from .sampling import sample_token, softmax, temperature_scale, top_k_filter, top_p_filter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CausalLM", "ModelConfig", "PRESETS", "create_causal_mask", "softmax", "temperature_scale", "top_k_filter",
+    "top_p_filter", "sample_token", "count_model_parameters", "generation_flops", "generation_flops_with_cache",
+    "reference", "FastLMError", "FastLMValueError", "FastLMTypeError", "ModelFormatError",
+]

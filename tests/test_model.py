@@ -1,0 +1,151 @@
+"""fastlm.CausalLM: parity with the reference, dtypes, generation and bad input."""
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import reference
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A reference model and fast float64 / float32 models holding the same weights."""
+    kw = dict(TINY, seed=42)
+    return reference.CausalLM(**kw), fastlm.CausalLM(**kw, dtype=np.float64), fastlm.CausalLM(**kw)
+
+
+def test_same_seed_same_weights(pair):
+    ref, f64, f32 = pair
+    np.testing.assert_array_equal(f64.embedding, ref.embedding)
+    np.testing.assert_array_equal(f64.blocks[1].wk, ref.blocks[1].attention.wk)
+    np.testing.assert_array_equal(f32.blocks[1].w_down, ref.blocks[1].ffn.w_down.astype(np.float32))
+    assert f32.embedding.dtype == np.float32 and f64.embedding.dtype == np.float64
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_forward_parity(tie, rng):
+    kw = dict(TINY, tie_weights=tie, seed=3)
+    ref, f64, f32 = reference.CausalLM(**kw), fastlm.CausalLM(**kw, dtype=np.float64), fastlm.CausalLM(**kw)
+    ids = rng.integers(0, 97, size=(3, 17))
+    expected = ref.forward(ids)
+    out64, out32 = f64.forward(ids), f32.forward(ids)
+    assert out64.dtype == np.float64 and out32.dtype == np.float32
+    np.testing.assert_allclose(out64, expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(out32, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_parity_on_a_real_model_shape(rng):
+    config = fastlm.ModelConfig.from_name("smollm2-135m", num_layers=2, vocab_size=1000, max_seq_len=64)
+    ref = reference.CausalLM.from_config(config, seed=0)
+    f32 = fastlm.CausalLM.from_config(config, seed=0)
+    ids = rng.integers(0, 1000, size=(1, 40))
+    np.testing.assert_allclose(f32.forward(ids), ref.forward(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_tied_output_is_a_view(pair):
+    m = fastlm.CausalLM(**TINY, tie_weights=True, seed=0)
+    assert m.W_out.shape == (32, 97) and np.shares_memory(m.W_out, m.embedding)
+    assert not np.shares_memory(pair[1].W_out, pair[1].embedding)
+
+
+def test_causality_exact(pair, rng):
+    _, f64, _ = pair
+    a = rng.integers(0, 97, size=(2, 12))
+    b = a.copy()
+    b[:, 7] = (b[:, 7] + 5) % 97
+    la, lb = f64.forward(a), f64.forward(b)
+    np.testing.assert_allclose(la[:, :7], lb[:, :7], atol=1e-10)
+    assert not np.allclose(la[:, 7], lb[:, 7])
+
+
+def test_one_dimensional_ids_and_length_one(pair):
+    _, _, f32 = pair
+    assert f32.forward([5, 6, 7]).shape == (1, 3, 97)
+    assert f32.forward(np.array([[4]], dtype=np.int32)).shape == (1, 1, 97)
+
+
+@pytest.mark.parametrize("ids, error, match", [
+    ([[1, 97]], ValueError, "outside the vocabulary"),
+    ([[-1, 2]], ValueError, "outside the vocabulary"),
+    (np.zeros((1, 25), dtype=int), ValueError, "exceeds max_seq_len"),
+    (np.zeros((1, 0), dtype=int), ValueError, "at least one"),
+    ([], ValueError, "empty"),
+    (np.zeros((1, 2, 3), dtype=int), ValueError, "dimensions"),
+    ([[1.0, 2.0]], TypeError, "integers"),
+    ([[True, False]], TypeError, "integers"),
+    ([["a", "b"]], TypeError, "integers"),
+])
+def test_forward_rejects_bad_ids(api, ids, error, match):
+    model = api.CausalLM(**TINY, seed=0)
+    with pytest.raises(error, match=match):
+        model.forward(ids)
+
+
+def test_bad_dtype_raises():
+    with pytest.raises(TypeError, match="dtype"):
+        fastlm.CausalLM(**TINY, dtype=np.float16)
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+def test_greedy_generation_matches_reference(pair, rng):
+    ref, f64, f32 = pair
+    prompt = rng.integers(0, 97, size=(2, 5))
+    expected = ref.generate(prompt, 8, greedy=True)
+    assert expected.shape == (2, 13) and expected.dtype == np.int64
+    np.testing.assert_array_equal(expected[:, :5], prompt)
+    np.testing.assert_array_equal(f64.generate(prompt, 8, greedy=True), expected)
+    np.testing.assert_array_equal(f32.generate(prompt, 8, temperature=0.0), expected)
+
+
+def test_seeded_sampling_is_reproducible_and_matches_reference(pair):
+    ref, f64, _ = pair
+    kw = dict(temperature=0.9, top_k=20, top_p=0.9, seed=5)
+    a = f64.generate([[1, 2, 3]], 10, **kw)
+    np.testing.assert_array_equal(a, f64.generate([[1, 2, 3]], 10, **kw))
+    np.testing.assert_array_equal(a, ref.generate([[1, 2, 3]], 10, **kw))
+    assert not np.array_equal(a, f64.generate([[1, 2, 3]], 10, **{**kw, "seed": 6}))
+
+
+def test_generation_stops_at_max_seq_len(api):
+    model = api.CausalLM(**TINY, seed=0)
+    out = model.generate(np.arange(20), 100, greedy=True)
+    assert out.shape == (1, TINY["max_seq_len"])
+
+
+def test_eos_stops_and_pads_finished_rows(pair):
+    _, f64, _ = pair
+    prompt = np.array([[3, 4], [10, 11]])
+    free = f64.generate(prompt, 6, greedy=True)
+    eos = int(free[0, 3])                               # row 0's second new token
+    out = f64.generate(prompt, 6, greedy=True, eos_token_id=eos)
+    row0 = list(free[0, 2:]).index(eos) + 2             # where row 0 first produces eos
+    assert (out[0, row0:] == eos).all()
+    np.testing.assert_array_equal(out[0, :row0 + 1], free[0, :row0 + 1])
+    if eos not in free[1, 2:]:
+        np.testing.assert_array_equal(out[1], free[1])  # row 1 runs on to max_new_tokens
+    single = f64.generate(prompt[:1], 6, greedy=True, eos_token_id=eos)
+    assert single.shape[1] == row0 + 1                   # every row finished: stop early
+
+
+def test_zero_new_tokens_returns_the_prompt(api):
+    model = api.CausalLM(**TINY, seed=0)
+    np.testing.assert_array_equal(model.generate([[1, 2]], 0), [[1, 2]])
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(max_new_tokens=-1), ValueError),
+    (dict(max_new_tokens=2.0), TypeError),
+    (dict(eos_token_id=97), ValueError),
+    (dict(eos_token_id=-2), ValueError),
+    (dict(temperature=-0.5), ValueError),
+    (dict(top_p=2.0), ValueError),
+    (dict(top_k=-1), ValueError),
+    (dict(seed="x"), TypeError),
+])
+def test_generate_rejects_bad_arguments(api, kwargs, error):
+    model = api.CausalLM(**TINY, seed=0)
+    kwargs = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(error):
+        model.generate([[1, 2]], **kwargs)
