@@ -9,11 +9,14 @@ from .errors import FastLMError, FastLMTypeError, FastLMValueError, ModelFormatE
 from .model import CausalLM
 from .reference import create_causal_mask
 from .sampling import sample_token, softmax, temperature_scale, top_k_filter, top_p_filter
+from .threads import _default_threads, get_num_threads, set_num_threads
+
+set_num_threads(_default_threads())
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CausalLM", "ModelConfig", "PRESETS", "create_causal_mask", "softmax", "temperature_scale", "top_k_filter",
     "top_p_filter", "sample_token", "count_model_parameters", "generation_flops", "generation_flops_with_cache",
-    "reference", "FastLMError", "FastLMValueError", "FastLMTypeError", "ModelFormatError",
+    "reference", "set_num_threads", "get_num_threads", "FastLMError", "FastLMValueError", "FastLMTypeError", "ModelFormatError",
 ]

@@ -2,17 +2,22 @@
 hot loops in compiled kernels and the dense projections in BLAS."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
-from . import _gather
+from . import _attention, _gather, _layers, _linear
 from .config import ModelConfig
-from .errors import FastLMTypeError
+from .errors import FastLMTypeError, FastLMValueError
+from .kvcache import KVCache
 from .generation import naive_generate
 from .reference import init_parameters
 from .sampling import sample_token
-from .validation import check_token_ids
+from .validation import check_int, check_token_ids
 
 _DTYPES = (np.float32, np.float64)
+# Tokens per row in one prefill pass: bounds activation memory for long prompts.
+PREFILL_CHUNK = 512
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -23,25 +28,71 @@ def _check_dtype(dtype) -> np.dtype:
 
 
 class RMSNorm:
-    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis, in the model dtype."""
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis, by the compiled kernel."""
 
     def __init__(self, weight: np.ndarray, eps: float):
         self.weight = weight                                   # (d,)
-        self.eps = weight.dtype.type(eps)                      # a typed scalar keeps float32 in float32
+        self.eps = float(eps)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        mean_square = np.mean(x * x, axis=-1, keepdims=True)
-        return x / np.sqrt(mean_square + self.eps) * self.weight
+    def forward(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalise rows of x (..., d) in the model dtype; ``out`` may be ``x``."""
+        x = np.ascontiguousarray(x, dtype=self.weight.dtype)
+        out = np.empty_like(x) if out is None else out
+        d = x.shape[-1]
+        _layers.rmsnorm(x.reshape(-1, d), self.weight, self.eps, out.reshape(-1, d))
+        return out
+
+
+class Workspace:
+    """Activation buffers for up to ``capacity`` tokens, allocated once and reused by every layer and every
+    step. ``views(B, L)`` shapes them for a call over B rows of L tokens (cached per shape, so a decode loop
+    allocates nothing)."""
+
+    def __init__(self, config: ModelConfig, dtype: np.dtype, capacity: int):
+        c = config
+        h, hkv, dk = c.num_heads, c.num_kv_heads, c.head_dim
+        self.capacity = capacity
+        self._widths = {                       # values per token
+            "x": c.d_model,                    # residual stream
+            "xn": c.d_model,                   # normalised input of a sub-layer
+            "qkv": (h + 2 * hkv) * dk,         # fused Q/K/V projection
+            "q": h * dk,                       # rotated queries
+            "attn": h * dk,                    # attention output per head
+            "gate_up": 2 * c.d_ff,             # fused gate/up projection
+            "act": c.d_ff,                     # silu(gate) * up
+            "last": c.d_model,                 # final hidden state of each row's last position
+        }
+        self._flat = {name: np.empty(capacity * w, dtype) for name, w in self._widths.items()}
+        self._heads = (h, dk)
+        self._views: dict[tuple[int, int], SimpleNamespace] = {}
+
+    def views(self, B: int, L: int) -> SimpleNamespace:
+        if B * L > self.capacity:
+            raise FastLMValueError(f"a call over {B} x {L} tokens exceeds the workspace capacity {self.capacity}")
+        views = self._views.get((B, L))
+        if views is None:
+            N, (h, dk) = B * L, self._heads
+            flat = {name: buf[: N * self._widths[name]] for name, buf in self._flat.items()}
+            views = SimpleNamespace(
+                x=flat["x"].reshape(N, -1), xn=flat["xn"].reshape(N, -1), qkv=flat["qkv"].reshape(B, L, -1),
+                q=flat["q"].reshape(B, L, h, dk), attn=flat["attn"].reshape(B, L, h, dk),
+                gate_up=flat["gate_up"].reshape(N, -1), act=flat["act"].reshape(N, -1),
+                last=self._flat["last"][: B * self._widths["last"]].reshape(B, -1),
+                last_index=np.arange(L - 1, N, L, dtype=np.int64).reshape(1, B))
+            self._views[(B, L)] = views
+        return views
 
 
 class TransformerBlock:
-    """One pre-norm decoder block. Q/K/V weights live in one fused (q_dim + 2 kv_dim, d) matrix and gate/up
-    in one (2 d_ff, d) matrix, so each is a single GEMM; ``wq`` etc. are views into them."""
+    """One pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h)).
+
+    Q/K/V weights live in one fused (q_dim + 2 kv_dim, d) matrix and gate/up in one (2 d_ff, d) matrix, so
+    each is a single GEMM; ``wq``, ``wk``, ``wv``, ``w_gate``, ``w_up`` are views into them.
+    """
 
     def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], index: int, dtype: np.dtype):
         p = lambda name: params[f"blk.{index}.{name}"]  # noqa: E731
         c = config
-        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         self.attn_norm = RMSNorm(np.asarray(p("attn_norm"), dtype=dtype), c.norm_eps)
         self.w_qkv = np.ascontiguousarray(np.concatenate([p("attn_q"), p("attn_k"), p("attn_v")]), dtype=dtype)
@@ -51,44 +102,22 @@ class TransformerBlock:
         self.w_gate_up = np.ascontiguousarray(np.concatenate([p("ffn_gate"), p("ffn_up")]), dtype=dtype)
         self.w_gate, self.w_up = np.split(self.w_gate_up, 2)                               # (d_ff, d) each
         self.w_down = np.ascontiguousarray(p("ffn_down"), dtype=dtype)                     # (d, d_ff)
-        self.scale = dtype.type(1.0 / np.sqrt(c.head_dim))
+        self.scale = 1.0 / np.sqrt(c.head_dim)
 
-    def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """Rotate interleaved pairs of x (B, L, H, dk) with tables (L, dk/2)."""
-        even, odd = x[..., 0::2], x[..., 1::2]
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        out = np.empty_like(x)
-        out[..., 0::2] = even * cos - odd * sin
-        out[..., 1::2] = even * sin + odd * cos
-        return out
-
-    def attention(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        B, L, _ = x.shape
-        h, hkv, dk = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = x @ self.w_qkv.T                                                  # (B, L, (h + 2 hkv) dk)
-        q = self._rope(qkv[..., : h * dk].reshape(B, L, h, dk), cos, sin)
-        k = self._rope(qkv[..., h * dk: (h + hkv) * dk].reshape(B, L, hkv, dk), cos, sin)
-        v = qkv[..., (h + hkv) * dk:].reshape(B, L, hkv, dk)
-        group = h // hkv
-        # (B, hkv, group, L, dk): the query heads of one group share their K/V head without copying it.
-        q = q.reshape(B, L, hkv, group, dk).transpose(0, 2, 3, 1, 4)
-        k, v = k.transpose(0, 2, 1, 3)[:, :, None], v.transpose(0, 2, 1, 3)[:, :, None]
-        scores = (q @ k.swapaxes(-1, -2)) * self.scale                           # (B, hkv, group, L, L)
-        scores[..., np.triu(np.ones((L, L), dtype=bool), k=1)] = -np.inf        # the causal mask
-        scores -= scores.max(axis=-1, keepdims=True)
-        weights = np.exp(scores)
-        weights /= weights.sum(axis=-1, keepdims=True)
-        out = (weights @ v).transpose(0, 3, 1, 2, 4).reshape(B, L, h * dk)
-        return out @ self.wo.T
-
-    def ffn(self, x: np.ndarray) -> np.ndarray:
-        gate_up = x @ self.w_gate_up.T                                          # (B, L, 2 d_ff)
-        gate, up = np.split(gate_up, 2, axis=-1)
-        return (gate / (1 + np.exp(-gate)) * up) @ self.w_down.T
-
-    def forward(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        h = x + self.attention(self.attn_norm.forward(x), cos, sin)
-        return h + self.ffn(self.ffn_norm.forward(h))
+    def forward(self, ws: SimpleNamespace, k_cache: np.ndarray, v_cache: np.ndarray, start_pos: np.ndarray,
+                cos: np.ndarray, sin: np.ndarray) -> None:
+        """Advance the residual stream ``ws.x`` through this block in place, writing this layer's keys and
+        values into the caches at positions start_pos[b] + i."""
+        N = ws.x.shape[0]
+        _layers.rmsnorm(ws.x, self.attn_norm.weight, self.attn_norm.eps, ws.xn)
+        _linear.linear(ws.xn, self.w_qkv, ws.qkv.reshape(N, -1))
+        _layers.rope_qkv(ws.qkv, cos, sin, start_pos, ws.q, k_cache, v_cache)
+        _attention.attention(ws.q, k_cache, v_cache, start_pos, ws.attn, self.scale)
+        _linear.linear(ws.attn.reshape(N, -1), self.wo, ws.x, beta=1.0)   # the residual add rides the GEMM
+        _layers.rmsnorm(ws.x, self.ffn_norm.weight, self.ffn_norm.eps, ws.xn)
+        _linear.linear(ws.xn, self.w_gate_up, ws.gate_up)
+        _layers.swiglu(ws.gate_up, ws.act)
+        _linear.linear(ws.act, self.w_down, ws.x, beta=1.0)
 
 
 class CausalLM:
@@ -132,21 +161,87 @@ class CausalLM:
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
 
-    def embed(self, ids: np.ndarray) -> np.ndarray:
-        """Rows of the embedding table for validated (B, L) int64 ids, by the compiled gather kernel."""
-        out = np.empty(ids.shape + (self.config.d_model,), dtype=self.dtype)
-        _gather.embedding_gather(self.embedding, ids, out)
-        return out
-
     def forward(self, token_ids) -> np.ndarray:
         """Logits (B, L, V) in the model dtype for integer ids of shape (L,) or (B, L)."""
         ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
-        L = ids.shape[1]
-        x = self.embed(ids)
-        cos, sin = self.rope_cos[:L], self.rope_sin[:L]
-        for block in self.blocks:
-            x = block.forward(x, cos, sin)
-        return self.final_norm.forward(x) @ self.W_out
+        B, L = ids.shape
+        c = self.config
+        ws = Workspace(c, self.dtype, B * L).views(B, L)
+        # No cache to keep: every layer's keys and values pass through the same scratch buffers.
+        k, v = (np.empty((B, c.num_kv_heads, L, c.head_dim), self.dtype) for _ in range(2))
+        self._run(ids, [k] * c.num_layers, [v] * c.num_layers, np.zeros(B, np.int64), ws)
+        logits = np.empty((B * L, self.vocab_size), self.dtype)
+        self._project(ws.x, logits)
+        return logits.reshape(B, L, -1)
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` (default max_seq_len) tokens."""
+        if max_len is not None and max_len > self.max_seq_len:
+            raise FastLMValueError(f"max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
+        return KVCache(self.config, batch_size, max_len, self.dtype)
+
+    def new_workspace(self, capacity: int) -> Workspace:
+        """Activation buffers for calls over up to ``capacity`` tokens in all (B * L)."""
+        return Workspace(self.config, self.dtype, check_int("capacity", capacity, 1))
+
+    def prefill(self, token_ids, cache: KVCache, first_row: int = 0, workspace: Workspace | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+        """Run (B, L) tokens through the model, appending them to cache rows first_row .. first_row + B - 1
+        (each row continues at its own cached length), and return the last position's logits (B, V).
+
+        Long prompts go in chunks of as many tokens per row as ``workspace`` holds, so memory stays bounded.
+        """
+        ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
+        B, L = ids.shape
+        rows = self._check_rows(cache, first_row, B, L)
+        ws = workspace if workspace is not None else self.new_workspace(B * min(L, PREFILL_CHUNK))
+        if ws.capacity < B:
+            raise FastLMValueError(f"workspace capacity {ws.capacity} is below the batch size {B}")
+        chunk = ws.capacity // B
+        for start in range(0, L, chunk):
+            views = ws.views(B, min(chunk, L - start))
+            part = ids if L <= chunk else np.ascontiguousarray(ids[:, start:start + chunk])
+            self._run(part, cache.k[:, rows], cache.v[:, rows], cache.lengths[rows], views)
+            cache.lengths[rows] += part.shape[1]
+        # Only each row's last position goes through the output projection.
+        _gather.embedding_gather(views.x, views.last_index, views.last.reshape(1, B, -1))
+        if out is None:
+            out = np.empty((B, self.vocab_size), self.dtype)
+        self._project(views.last, out)
+        return out
+
+    def decode(self, tokens, cache: KVCache, first_row: int = 0, workspace: Workspace | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """One new token per row (B,) appended to cache rows first_row .. first_row + B - 1; returns the
+        next-token logits (B, V). With a workspace and ``out`` given, a step allocates nothing."""
+        ids = np.asarray(tokens)
+        return self.prefill(ids.reshape(-1, 1) if ids.ndim == 1 else ids, cache, first_row, workspace, out)
+
+    def _check_rows(self, cache: KVCache, first_row: int, B: int, L: int) -> slice:
+        if not isinstance(cache, KVCache) or cache.k.dtype != self.dtype or cache.k.shape[0] != len(self.blocks):
+            raise FastLMTypeError("cache must be a KVCache made by this model's new_cache()")
+        first_row = check_int("first_row", first_row, 0)
+        if first_row + B > cache.batch_size:
+            raise FastLMValueError(f"rows {first_row}..{first_row + B - 1} exceed the cache's {cache.batch_size} rows")
+        rows = slice(first_row, first_row + B)
+        longest = int(cache.lengths[rows].max()) + L
+        if longest > cache.max_len:
+            raise FastLMValueError(f"{L} more tokens would take a row to {longest} positions, past the cache's "
+                                   f"max_len {cache.max_len}")
+        return rows
+
+    def _run(self, ids: np.ndarray, k_layers, v_layers, start_pos: np.ndarray, ws: SimpleNamespace) -> None:
+        """Embed validated ids (B, L) and run them through every block: the final residual stream is in
+        ws.x (B * L, d); each layer's keys and values are written at positions start_pos[b] + i."""
+        B, L = ids.shape
+        _gather.embedding_gather(self.embedding, ids, ws.x.reshape(B, L, -1))
+        for block, k, v in zip(self.blocks, k_layers, v_layers):
+            block.forward(ws, k, v, start_pos, self.rope_cos, self.rope_sin)
+
+    def _project(self, hidden: np.ndarray, out: np.ndarray) -> None:
+        """Final RMSNorm (in place) and the output projection of hidden (M, d) into out (M, V)."""
+        self.final_norm.forward(hidden, out=hidden)
+        _linear.linear(hidden, self.W_out.T, out)                 # W_out.T is the (V, d) row-major table
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, eos_token_id: int | None = None,

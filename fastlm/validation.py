@@ -77,11 +77,14 @@ def check_logits(logits) -> np.ndarray:
         raise FastLMValueError(f"logits must have shape (V,) or (B, V), got shape {arr.shape}")
     if arr.shape[-1] == 0 or arr.size == 0:
         raise FastLMValueError(f"logits must not be empty, got shape {arr.shape}")
+    finite = np.isfinite(arr)
+    if finite.all():                       # the usual case: one pass and done
+        return arr
     if np.isnan(arr).any():
         raise FastLMValueError("logits contain NaN")
     if np.isposinf(arr).any():
         raise FastLMValueError("logits contain +inf")
-    if not np.isfinite(arr).any(axis=-1).all():
+    if not finite.any(axis=-1).all():
         raise FastLMValueError("every row of logits needs at least one finite value (a row is all -inf)")
     return arr
 

@@ -1,0 +1,61 @@
+# Dense projections: Y = X @ W.T (+ beta * Y), through the BLAS that SciPy ships.
+#
+# Weights are row-major (out, in), as stored in GGUF files. Seen by column-major BLAS, that buffer is the
+# (in, out) matrix W.T, so one 'T' transpose flag gives Y.T = W @ X.T, which is Y in row-major order: no
+# copy of either operand.
+#
+# fastlm keeps one thread pool: BLAS runs single-threaded (fastlm.threads caps it) and the output features
+# are split across OpenMP threads, each calling BLAS on its own slice of W's rows. Two pools (OpenBLAS's
+# and OpenMP's) taking turns on the same cores spin against each other and run many times slower.
+from cython.parallel cimport parallel, prange
+from openmp cimport omp_get_max_threads
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+ctypedef fused floating:
+    float
+    double
+
+# Output features per slice are a multiple of this, so slices keep BLAS's vector loops full.
+cdef int SLICE_ALIGN = 16
+# Below this many multiply-adds one thread is faster than waking the others.
+cdef double PARALLEL_MIN_FLOPS = 1 << 18
+
+
+cdef tuple _dims(Py_ssize_t* shape, int ndim):
+    """A memoryview's shape as a tuple, for error messages."""
+    return tuple([shape[i] for i in range(ndim)])
+
+
+def linear(const floating[:, ::1] x, const floating[:, ::1] w, floating[:, ::1] out, double beta=0.0):
+    """out (N, out) = x (N, in) @ w (out, in).T + beta * out, with the GIL released."""
+    cdef int n = x.shape[0], k = x.shape[1], m = w.shape[0]
+    if w.shape[1] != k or out.shape[0] != n or out.shape[1] != m:
+        raise ValueError(f"linear: shapes x {_dims(x.shape, 2)}, w {_dims(w.shape, 2)}, "
+                         f"out {_dims(out.shape, 2)} do not fit out = x @ w.T")
+    if n == 0 or m == 0 or k == 0:
+        raise ValueError(f"linear: empty operand, x {_dims(x.shape, 2)}, w {_dims(w.shape, 2)}")
+    cdef int threads = omp_get_max_threads() if <double>n * m * k >= PARALLEL_MIN_FLOPS else 1
+    cdef int per = (m + threads - 1) // threads
+    per = (per + SLICE_ALIGN - 1) // SLICE_ALIGN * SLICE_ALIGN
+    cdef int slices = (m + per - 1) // per, s, lo
+    for s in prange(slices, nogil=True, num_threads=slices, schedule="static"):
+        lo = s * per
+        _gemm_slice(&x[0, 0], &w[lo, 0], &out[0, lo], n, k, min(per, m - lo), m, <floating>beta)
+
+
+cdef inline void _gemm_slice(const floating* x, const floating* w, floating* out, int n, int k, int rows,
+                             int ld_out, floating beta) noexcept nogil:
+    """out[:, :rows] (leading dimension ld_out) = x (n, k) @ w[:rows].T + beta * out, on one thread."""
+    cdef char trans = b'T', no_trans = b'N'
+    cdef int one = 1
+    cdef floating alpha = 1.0
+    if floating is float:
+        if n == 1:   # one token: gemv streams the weights once
+            sgemv(&trans, &k, &rows, &alpha, <float*>w, &k, <float*>x, &one, &beta, out, &one)
+        else:
+            sgemm(&trans, &no_trans, &rows, &n, &k, &alpha, <float*>w, &k, <float*>x, &k, &beta, out, &ld_out)
+    else:
+        if n == 1:
+            dgemv(&trans, &k, &rows, &alpha, <double*>w, &k, <double*>x, &one, &beta, out, &one)
+        else:
+            dgemm(&trans, &no_trans, &rows, &n, &k, &alpha, <double*>w, &k, <double*>x, &k, &beta, out, &ld_out)

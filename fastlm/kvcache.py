@@ -1,0 +1,43 @@
+"""Preallocated key/value storage for the layers of one model."""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import ModelConfig
+from .validation import check_int
+
+
+class KVCache:
+    """Keys and values of every layer for ``batch_size`` sequences of up to ``max_len`` tokens.
+
+    ``k[layer]`` and ``v[layer]`` are (batch, num_kv_heads, max_len, head_dim) arrays written in place; row b
+    holds ``lengths[b]`` valid positions. Rows are independent, so ``rows(i, j)`` views a contiguous range of
+    them for a batch that only involves those rows.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int | None = None, dtype=np.float32):
+        batch_size = check_int("batch_size", batch_size, 1)
+        max_len = config.max_seq_len if max_len is None else check_int("max_len", max_len, 1)
+        shape = (config.num_layers, batch_size, config.num_kv_heads, max_len, config.head_dim)
+        self.k = np.zeros(shape, dtype)    # (layers, B, hkv, max_len, dk)
+        self.v = np.zeros(shape, dtype)
+        self.lengths = np.zeros(batch_size, np.int64)  # valid positions per row
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget every row's contents (the storage is kept)."""
+        self.lengths[:] = 0
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src``'s valid positions into row ``dst``: compacts the live rows of a batch."""
+        n = int(self.lengths[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n

@@ -1,0 +1,253 @@
+"""The compiled causal GQA flash-attention kernel against a materialised float64 softmax attention."""
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from fastlm import _attention
+from fastlm.reference import softmax
+
+
+def reference_attention(q, k_cache, v_cache, start_pos):
+    """Textbook twin in float64: per batch row, softmax(q k^T / sqrt(dk) + causal mask) v over the cache."""
+    B, L, h, dk = q.shape
+    group = h // k_cache.shape[1]
+    out = np.empty((B, L, h, dk))
+    for b in range(B):
+        n_keys = start_pos[b] + L                                              # positions 0..n_keys-1
+        qb = q[b].astype(np.float64).transpose(1, 0, 2)                        # (h, L, dk)
+        kb = np.repeat(k_cache[b, :, :n_keys].astype(np.float64), group, axis=0)  # (h, n_keys, dk)
+        vb = np.repeat(v_cache[b, :, :n_keys].astype(np.float64), group, axis=0)
+        scores = qb @ kb.transpose(0, 2, 1) / np.sqrt(dk)                      # (h, L, n_keys)
+        future = np.arange(n_keys)[None, :] > (start_pos[b] + np.arange(L))[:, None]
+        scores[:, future] = -np.inf
+        out[b] = (softmax(scores, axis=-1) @ vb).transpose(1, 0, 2)
+    return out
+
+
+def make_inputs(rng, dtype, B, L, h, hkv, dk, T, start_pos):
+    """Random q and caches; cache slots past each row's last position hold NaN, which must never be read."""
+    q = rng.normal(size=(B, L, h, dk)).astype(dtype)
+    k = rng.normal(size=(B, hkv, T, dk)).astype(dtype)
+    v = rng.normal(size=(B, hkv, T, dk)).astype(dtype)
+    start_pos = np.asarray(start_pos, dtype=np.int64)
+    for b in range(B):
+        k[b, :, start_pos[b] + L:] = np.nan
+        v[b, :, start_pos[b] + L:] = np.nan
+    return q, k, v, start_pos
+
+
+def run(q, k, v, start_pos):
+    out = np.full(q.shape, np.nan, dtype=q.dtype)
+    _attention.attention(q, k, v, start_pos, out, 1.0 / np.sqrt(q.shape[-1]))
+    assert out.dtype == q.dtype
+    return out
+
+
+@pytest.fixture(params=[True, False], ids=["simd", "portable"])
+def simd(request):
+    """Run a test on the AVX2 kernels and again on the portable ones; restore the default afterwards."""
+    before = _attention.simd_enabled()
+    _attention.set_simd(request.param)
+    if request.param and not _attention.simd_enabled():
+        pytest.skip("this CPU has no AVX2/FMA")
+    yield request.param
+    _attention.set_simd(before)
+
+
+# (B, L, h, hkv, dk, T, start_pos): prefill, chunked prefill, decode, odd sizes and the key-split path.
+CASES = {
+    "prefill": (1, 37, 4, 2, 64, 37, [0]),
+    "prefill-multi-tile": (1, 300, 8, 2, 64, 300, [0]),
+    "prefill-mha-dk128": (1, 150, 2, 2, 128, 160, [0]),
+    "prefill-mqa": (2, 70, 6, 1, 48, 80, [0, 10]),
+    "chunked-prefill": (3, 90, 8, 4, 64, 400, [0, 129, 310]),
+    "chunked-prefill-odd-dk": (2, 13, 3, 3, 33, 200, [187, 64]),
+    "decode": (4, 1, 16, 4, 64, 600, [0, 1, 255, 599]),
+    "decode-long-split": (1, 1, 9, 3, 64, 2048, [2047]),
+    "decode-one-kv-head-split": (1, 1, 4, 1, 128, 3000, [2500]),
+    "short-chunk-split": (1, 5, 2, 1, 16, 1500, [1400]),
+    "tiny": (1, 1, 1, 1, 1, 1, [0]),
+    "dk-7": (2, 9, 6, 2, 7, 20, [3, 11]),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_float64_matches_reference(case, simd):
+    B, L, h, hkv, dk, T, start = case
+    q, k, v, start_pos = make_inputs(np.random.default_rng(0), np.float64, B, L, h, hkv, dk, T, start)
+    np.testing.assert_allclose(run(q, k, v, start_pos), reference_attention(q, k, v, start_pos), rtol=0,
+                               atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_float32_matches_reference(case, simd):
+    B, L, h, hkv, dk, T, start = case
+    q, k, v, start_pos = make_inputs(np.random.default_rng(1), np.float32, B, L, h, hkv, dk, T, start)
+    np.testing.assert_allclose(run(q, k, v, start_pos), reference_attention(q, k, v, start_pos), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_shapes(seed, simd):
+    rng = np.random.default_rng(100 + seed)
+    hkv = int(rng.integers(1, 4))
+    h = hkv * int(rng.choice([1, 2, 3, 4, 8]))
+    B, L, dk = int(rng.integers(1, 4)), int(rng.choice([1, 2, 17, 64, 65, 150])), int(rng.integers(1, 80))
+    T = L + int(rng.integers(0, 300))
+    start = rng.integers(0, T - L + 1, size=B)
+    for dtype, tol in ((np.float64, dict(rtol=0, atol=1e-10)), (np.float32, dict(rtol=1e-5, atol=1e-6))):
+        q, k, v, start_pos = make_inputs(rng, dtype, B, L, h, hkv, dk, T, start)
+        np.testing.assert_allclose(run(q, k, v, start_pos), reference_attention(q, k, v, start_pos), **tol,
+                                   err_msg=f"B={B} L={L} h={h} hkv={hkv} dk={dk} T={T} start={start}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunks_and_decode_steps_equal_one_prefill(dtype, simd):
+    """Prefill in chunks, then decode token by token: the same numbers as one prefill of everything."""
+    rng = np.random.default_rng(2)
+    q, k, v, start_pos = make_inputs(rng, dtype, 2, 100, 8, 2, 64, 100, [0, 0])
+    full = run(q, k, v, start_pos)
+    pieces = []
+    for lo, hi in [(0, 40), (40, 97), (97, 98), (98, 99), (99, 100)]:
+        pieces.append(run(np.ascontiguousarray(q[:, lo:hi]), k, v, np.full(2, lo, dtype=np.int64)))
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=tol, atol=tol)
+
+
+def test_large_scores_do_not_overflow(simd):
+    """Scores of several hundred: the running max keeps exp in range, as the max shift does in softmax."""
+    q, k, v, start_pos = make_inputs(np.random.default_rng(3), np.float32, 1, 80, 2, 1, 16, 80, [0])
+    q *= 40
+    np.testing.assert_allclose(run(q, k, v, start_pos), reference_attention(q, k, v, start_pos), rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["prefill-multi-tile", "decode-one-kv-head-split"])
+def test_in_place_output(case):
+    """out may be q: every work item reads its queries before it writes the same rows."""
+    B, L, h, hkv, dk, T, start = CASES[case]
+    q, k, v, start_pos = make_inputs(np.random.default_rng(6), np.float64, B, L, h, hkv, dk, T, start)
+    expected = reference_attention(q, k, v, start_pos)
+    _attention.attention(q, k, v, start_pos, q, 1.0 / np.sqrt(dk))
+    np.testing.assert_allclose(q, expected, rtol=0, atol=1e-10)
+
+
+def test_read_only_inputs_are_accepted():
+    q, k, v, start_pos = make_inputs(np.random.default_rng(4), np.float32, 1, 3, 2, 1, 8, 5, [2])
+    for a in (q, k, v, start_pos):
+        a.flags.writeable = False
+    np.testing.assert_allclose(run(q, k, v, start_pos), reference_attention(q, k, v, start_pos), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_empty_batch_or_length_is_a_no_op():
+    out = np.empty((0, 3, 2, 8), dtype=np.float32)
+    _attention.attention(out.copy(), np.empty((0, 1, 4, 8), np.float32), np.empty((0, 1, 4, 8), np.float32),
+                         np.empty(0, np.int64), out, 0.5)
+    out = np.empty((2, 0, 2, 8))
+    _attention.attention(out.copy(), np.zeros((2, 1, 4, 8)), np.zeros((2, 1, 4, 8)), np.zeros(2, np.int64),
+                         out, 0.5)
+
+
+def test_set_simd_round_trip():
+    before = _attention.simd_enabled()
+    _attention.set_simd(False)
+    assert _attention.simd_enabled() is False
+    _attention.set_simd(True)
+    assert isinstance(_attention.simd_enabled(), bool)
+    _attention.set_simd(before)
+
+
+def test_environment_variable_disables_simd():
+    code = "from fastlm import _attention; print(_attention.simd_enabled())"
+    env = dict(os.environ, FASTLM_SIMD="0")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_scratch_is_independent_of_sequence_length():
+    """Memory is one query tile and one key tile per thread, never an (L, T) score matrix."""
+    h, hkv, dk = 16, 4, 64
+    per_thread = _attention.scratch_elements(8192, h, hkv, dk)
+    assert per_thread == _attention.scratch_elements(512, h, hkv, dk)
+    assert per_thread < 32 * 1024                      # 128 KiB of float32: a few tiles of (64 rows, dk)
+
+    rng = np.random.default_rng(5)
+    peaks = {}
+    for L in (256, 1024):
+        q, k, v, start_pos = make_inputs(rng, np.float32, 1, L, h, hkv, dk, L, [0])
+        out = np.empty_like(q)
+        tracemalloc.start()
+        _attention.attention(q, k, v, start_pos, out, 0.125)
+        peaks[L] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert abs(peaks[1024] - peaks[256]) < 1024            # Python objects aside, the same buffers
+    assert peaks[1024] < 1024 * 1024 * 4 // 16            # a sixteenth of one head's (L, L) float32 scores
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+def good_args(dtype=np.float32):
+    q = np.zeros((2, 3, 4, 8), dtype)
+    k = np.zeros((2, 2, 10, 8), dtype)
+    return dict(q=q, k_cache=k, v_cache=k.copy(), start_pos=np.array([0, 7]), out=np.empty_like(q), scale=0.5)
+
+
+def test_good_args_run():
+    _attention.attention(**good_args())
+
+
+def overlap_q_and_out(args):
+    """q and out one element row apart in the same buffer: neither the same array nor disjoint."""
+    buf = np.zeros(192 + 8, np.float32)
+    args.update(q=buf[:192].reshape(2, 3, 4, 8), out=buf[8:].reshape(2, 3, 4, 8))
+
+
+BAD = {
+    "q-not-array": (lambda a: a.update(q=a["q"].tolist()), TypeError, "q"),
+    "q-int-dtype": (lambda a: a.update(q=a["q"].astype(np.int32)), TypeError, "q"),
+    "q-3d": (lambda a: a.update(q=a["q"][0]), ValueError, "q"),
+    "k-dtype": (lambda a: a.update(k_cache=a["k_cache"].astype(np.float64)), TypeError, "k_cache"),
+    "v-dtype": (lambda a: a.update(v_cache=a["v_cache"].astype(np.float16)), TypeError, "v_cache"),
+    "out-dtype": (lambda a: a.update(out=a["out"].astype(np.float64)), TypeError, "out"),
+    "start-pos-int32": (lambda a: a.update(start_pos=a["start_pos"].astype(np.int32)), TypeError,
+                        "start_pos"),
+    "k-batch": (lambda a: a.update(k_cache=a["k_cache"][:1].copy()), ValueError, "k_cache"),
+    "k-head-dim": (lambda a: a.update(k_cache=np.zeros((2, 2, 10, 6), np.float32)), ValueError, "k_cache"),
+    "v-shape": (lambda a: a.update(v_cache=np.zeros((2, 2, 9, 8), np.float32)), ValueError, "v_cache"),
+    "out-shape": (lambda a: a.update(out=np.empty((2, 3, 4, 4), np.float32)), ValueError, "out"),
+    "start-pos-length": (lambda a: a.update(start_pos=np.array([0])), ValueError, "start_pos"),
+    "start-pos-negative": (lambda a: a.update(start_pos=np.array([0, -1])), ValueError, "start_pos"),
+    "start-pos-past-cache": (lambda a: a.update(start_pos=np.array([0, 8])), ValueError, "start_pos"),
+    "heads-not-multiple": (lambda a: a.update(k_cache=np.zeros((2, 3, 10, 8), np.float32),
+                                              v_cache=np.zeros((2, 3, 10, 8), np.float32)), ValueError,
+                           "heads"),
+    "zero-head-dim": (lambda a: a.update(q=np.zeros((2, 3, 4, 0), np.float32)), ValueError, "head_dim"),
+    "q-not-contiguous": (lambda a: a.update(q=np.zeros((2, 3, 4, 16), np.float32)[..., ::2]), ValueError,
+                         "q"),
+    "k-not-contiguous": (lambda a: a.update(k_cache=np.zeros((2, 2, 10, 8), np.float32, order="F")),
+                         ValueError, "k_cache"),
+    "v-transposed": (lambda a: a.update(v_cache=np.zeros((2, 10, 2, 8), np.float32).transpose(0, 2, 1, 3)),
+                     ValueError, "v_cache"),
+    "out-not-contiguous": (lambda a: a.update(out=np.empty((2, 6, 4, 8), np.float32)[:, ::2]), ValueError,
+                           "out"),
+    "start-pos-strided": (lambda a: a.update(start_pos=np.array([0, 9, 7, 1])[::2]), ValueError,
+                          "start_pos"),
+    "out-read-only": (lambda a: a["out"].setflags(write=False), ValueError, "out"),
+    "out-is-the-cache": (lambda a: a.update(out=a["k_cache"].reshape(-1)[:192].reshape(2, 3, 4, 8)), ValueError,
+                         "out"),
+    "out-overlaps-q": (overlap_q_and_out, ValueError, "out"),
+    "scale-nan": (lambda a: a.update(scale=float("nan")), ValueError, "scale"),
+}
+
+
+@pytest.mark.parametrize("spoil, error, name", BAD.values(), ids=BAD.keys())
+def test_bad_input_raises(spoil, error, name):
+    args = good_args()
+    spoil(args)
+    with pytest.raises(error, match=name):
+        _attention.attention(**args)
