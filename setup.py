@@ -20,6 +20,7 @@ extensions = [
     Extension(
         f"fastlm._{pyx.stem}",
         [str(pyx)],
+        depends=[str(h) for h in Path("csrc").glob("*.h")],   # header edits must rebuild too
         include_dirs=[np.get_include(), "csrc"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=compile_args,

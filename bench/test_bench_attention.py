@@ -3,7 +3,8 @@
 16 query heads share 4 KV heads, head_dim 64, batch 1. Prefill at L = 512 and 2048 (start_pos 0), and one
 decode step (L = 1) against 512 and 2048 cached keys. The NumPy baseline is the reference model's formula in
 float32, with K/V repeated per query head, on all of BLAS's threads; pytest-benchmark prints each time's
-ratio to the fastest in its group. Tests that the kernel's memory does not grow with L^2 live in tests/test_attention.py.
+ratio to the fastest in its group. That the kernel's memory does not grow with L^2 is tested in
+tests/test_attention.py.
 """
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@
 # (in, out) matrix W.T, so one 'T' transpose flag gives Y.T = W @ X.T, which is Y in row-major order: no
 # copy of either operand.
 #
-# fastlm keeps one thread pool: BLAS runs single-threaded (fastlm.threads caps it) and the output features
+# fastlm keeps one thread pool: BLAS runs single-threaded (fastlm.runtime caps it) and the output features
 # are split across OpenMP threads, each calling BLAS on its own slice of W's rows. Two pools (OpenBLAS's
 # and OpenMP's) taking turns on the same cores spin against each other and run many times slower.
 from cython.parallel cimport parallel, prange

@@ -1,8 +1,9 @@
 # distutils: language = c++
-# The sampling pipeline over (B, V) rows of logits: temperature -> top-k -> top-p -> softmax -> draw, one row
-# per OpenMP thread. The per-row work is C++ in sampling_impl.h (std::nth_element / std::sort); this file only
-# checks that the buffers match, carves each thread's scratch out of one block allocated per call, and loops.
-# fastlm/sampling.py validates the values (NaN, +inf, all -inf rows, parameter ranges) before calling here.
+# The sampling pipeline over (B, V) rows of logits: logit bias -> penalties -> temperature -> top-k -> top-p
+# -> min-p -> softmax -> draw (and log-probabilities), one row per OpenMP thread. The per-row work is C++ in
+# sampling_impl.h (std::nth_element / std::sort); this file only checks that the buffers match, carves each
+# thread's scratch out of one block allocated per call, and loops. fastlm/sampling.py validates the values
+# (NaN, +inf, all -inf rows, parameter ranges, token ids) before calling here.
 # The weighting pass's exp runs four lanes wide with AVX2/FMA where the CPU has them (FASTLM_SIMD=0 or
 # set_simd(False) keeps libm's), on any input dtype.
 from cython.parallel cimport prange, threadid
@@ -22,14 +23,28 @@ cdef extern from "sampling_impl.h" namespace "fastlm" nogil:
         double temperature
         int64_t top_k
         double top_p
+        double min_p
+    cdef struct Adjustments:
+        const int64_t* bias_ids
+        const double* bias
+        int64_t n_bias
+        double repetition
+        double frequency
+        double presence
+        int64_t last_n
     cdef struct RowScratch:
         pass
     cpp_bool use_avx2_exp
     cpp_bool cpu_has_avx2_fma()
-    size_t scratch_bytes(int64_t V, int64_t k)
-    RowScratch carve_scratch(void* mem, int64_t V)
-    int64_t sample_row[T](const T* x, int64_t V, const SamplerOptions& o, const RowScratch& s, double u)
+    int64_t top_k_capacity(int64_t V, int64_t k)
+    size_t scratch_bytes(int64_t V, int64_t n_recent, int64_t n_select)
+    RowScratch carve_scratch(void* mem, int64_t V, int64_t n_recent)
+    int64_t step_row[T](const T* x, int64_t V, const SamplerOptions& o, const Adjustments* a,
+                        const int64_t* history, int64_t length, const RowScratch& s, double u, double* logprob,
+                        int64_t n_top, int64_t* top_ids, double* top_logprobs)
     void filter_row[T](const T* x, int64_t V, const SamplerOptions& o, const RowScratch& s, T* out)
+    cpp_bool adjust_row[T, U](const T* x, int64_t V, const Adjustments& a, const int64_t* history,
+                              int64_t length, int64_t* recent, U* out)
     void softmax_row[T](const T* x, int64_t V, T* out)
     void scale_row[T](const T* x, int64_t V, double temperature, T* out)
 
@@ -58,10 +73,25 @@ cdef int _threads(Py_ssize_t rows, Py_ssize_t V, Py_ssize_t min_elements) noexce
     return <int>min(rows, <Py_ssize_t>openmp.omp_get_max_threads())
 
 
-cdef SamplerOptions _options(double temperature, int64_t top_k, double top_p) noexcept:
+cdef SamplerOptions _options(double temperature, int64_t top_k, double top_p, double min_p) noexcept:
     cdef SamplerOptions o
-    o.temperature, o.top_k, o.top_p = temperature, top_k, top_p
+    o.temperature, o.top_k, o.top_p, o.min_p = temperature, top_k, top_p, min_p
     return o
+
+
+cdef Adjustments _adjustments(const int64_t[::1] bias_ids, const double[::1] bias, double repetition,
+                              double frequency, double presence, int64_t last_n) noexcept:
+    cdef Adjustments a
+    a.n_bias = 0 if bias_ids is None else bias_ids.shape[0]
+    a.bias_ids = &bias_ids[0] if a.n_bias else NULL
+    a.bias = &bias[0] if a.n_bias else NULL
+    a.repetition, a.frequency, a.presence, a.last_n = repetition, frequency, presence, last_n
+    return a
+
+
+cdef Py_ssize_t _window(Py_ssize_t H, int64_t last_n) noexcept:
+    """The longest penalty window over histories of width H."""
+    return H if last_n < 0 else min(H, last_n)
 
 
 def sample(const floating[:, ::1] logits, const double[::1] uniforms, double temperature, int64_t top_k,
@@ -74,24 +104,70 @@ def sample(const floating[:, ::1] logits, const double[::1] uniforms, double tem
     if uniforms.shape[0] != B or tokens.shape[0] != B:
         raise ValueError(f"sample: logits ({B}, {logits.shape[1]}), uniforms ({uniforms.shape[0]},), "
                          f"tokens ({tokens.shape[0]},) do not match")
-    _run_rows(logits, _options(temperature, top_k, top_p), &uniforms[0], &tokens[0], NULL)
+    _run_rows(logits, _options(temperature, top_k, top_p, 0.0), NULL, NULL, 0, NULL, 0, &uniforms[0], &tokens[0],
+              NULL, 0, NULL, NULL, NULL)
+
+
+def sampler_step(const floating[:, ::1] logits, const double[::1] uniforms, double temperature, int64_t top_k,
+                 double top_p, double min_p, const int64_t[::1] bias_ids, const double[::1] bias,
+                 double repetition, double frequency, double presence, int64_t last_n,
+                 const int64_t[:, ::1] history, const int64_t[::1] lengths, int64_t[::1] tokens,
+                 double[::1] logprobs, int64_t[:, ::1] top_ids, double[:, ::1] top_logprobs):
+    """One step of fastlm.Sampler over the rows of logits (B, V), into tokens (B,).
+
+    Row b goes through the logit bias (ids (n,), values (n,); None: none), then the penalties over its history
+    history[b, :lengths[b]] (None: none; last_n 0: off), then the pipeline of `sample` with min_p (0: off).
+    tokens[b] is -1 where bias and penalties overflow row b or leave it no finite logit. logprobs (B,), if
+    not None, receives the chosen tokens' log-probabilities under the raw rows, and top_ids / top_logprobs
+    (B, n), if not None, the n most probable raw tokens of each row with theirs.
+    """
+    cdef Py_ssize_t B = logits.shape[0], V = logits.shape[1]
+    cdef Py_ssize_t n_top = 0 if top_ids is None else top_ids.shape[1]
+    if (uniforms.shape[0] != B or tokens.shape[0] != B
+            or (history is not None and (history.shape[0] != B or lengths is None or lengths.shape[0] != B))
+            or (bias_ids is not None and (bias is None or bias.shape[0] != bias_ids.shape[0]))
+            or (logprobs is not None and logprobs.shape[0] != B)
+            or (top_ids is not None and (logprobs is None or top_logprobs is None or top_ids.shape[0] != B
+                                         or top_logprobs.shape[0] != B or top_logprobs.shape[1] != n_top
+                                         or n_top > V))):
+        raise ValueError(f"sampler_step: the buffers do not match logits ({B}, {V})")
+    cdef Py_ssize_t H = 0 if history is None else history.shape[1]
+    cdef Adjustments a = _adjustments(bias_ids, bias, repetition, frequency, presence, last_n)
+    cdef Py_ssize_t n_recent = _window(H, last_n)
+    cdef const int64_t* hist = NULL
+    cdef const int64_t* length = NULL
+    cdef double* lp = NULL
+    cdef int64_t* tid = NULL
+    cdef double* tlp = NULL
+    if H:
+        hist, length = &history[0, 0], &lengths[0]
+    if logprobs is not None:
+        lp = &logprobs[0]
+    if n_top:
+        tid, tlp = &top_ids[0, 0], &top_logprobs[0, 0]
+    _run_rows(logits, _options(temperature, top_k, top_p, min_p), &a if a.n_bias or n_recent else NULL, hist, H,
+              length, n_recent, &uniforms[0], &tokens[0], lp, n_top, tid, tlp, NULL)
 
 
 def filter_logits(const floating[:, ::1] logits, double temperature, int64_t top_k, double top_p,
-                  floating[:, ::1] out):
+                  floating[:, ::1] out, double min_p=0.0):
     """out = logits on the tokens the pipeline keeps (the support of the draw in `sample`), -inf elsewhere."""
     if out.shape[0] != logits.shape[0] or out.shape[1] != logits.shape[1]:
         raise ValueError(f"filter_logits: logits ({logits.shape[0]}, {logits.shape[1]}) and "
                          f"out ({out.shape[0]}, {out.shape[1]}) differ")
-    _run_rows(logits, _options(temperature, top_k, top_p), NULL, NULL, &out[0, 0])
+    _run_rows(logits, _options(temperature, top_k, top_p, min_p), NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, 0,
+              NULL, NULL, &out[0, 0])
 
 
-cdef int _run_rows(const floating[:, ::1] logits, SamplerOptions o, const double* uniforms, int64_t* tokens,
-                   floating* out) except -1:
-    """Each row through the pipeline: drawn into tokens with uniforms, or written filtered to out if given."""
+cdef int _run_rows(const floating[:, ::1] logits, SamplerOptions o, const Adjustments* a,
+                   const int64_t* history, Py_ssize_t H, const int64_t* lengths, Py_ssize_t n_recent,
+                   const double* uniforms, int64_t* tokens, double* logprobs, Py_ssize_t n_top, int64_t* top_ids,
+                   double* top_logprobs, floating* out) except -1:
+    """Each row through step_row, or written filtered to out if given. a, history (B, H) with lengths (B,)
+    (penalty windows up to n_recent long), logprobs and top_* (B, n_top) may be NULL."""
     cdef Py_ssize_t B = logits.shape[0], V = logits.shape[1], b
     cdef int threads = _threads(B, V, 0)
-    cdef size_t per_thread = scratch_bytes(V, o.top_k)
+    cdef size_t per_thread = scratch_bytes(V, n_recent, max(top_k_capacity(V, o.top_k), top_k_capacity(V, n_top)))
     cdef char* scratch = <char*>malloc(threads * per_thread)
     if scratch == NULL:
         raise MemoryError(f"sampling: no memory for {threads} x {per_thread} bytes of scratch")
@@ -99,12 +175,34 @@ cdef int _run_rows(const floating[:, ::1] logits, SamplerOptions o, const double
     # One row at a time: rows differ in cost (top-p windows), and a thread kept waiting for its core (a busy
     # machine) then holds up one row, not a fixed share of them.
     for b in prange(B, nogil=True, num_threads=threads, schedule="dynamic"):
-        s = carve_scratch(scratch + threadid() * per_thread, V)
-        if out == NULL:
-            tokens[b] = sample_row(&logits[b, 0], V, o, s, uniforms[b])
-        else:
+        s = carve_scratch(scratch + threadid() * per_thread, V, n_recent)
+        if out != NULL:
             filter_row(&logits[b, 0], V, o, s, out + b * V)
+        else:
+            tokens[b] = step_row(&logits[b, 0], V, o, a, history + b * H, lengths[b] if lengths != NULL else 0, s,
+                                 uniforms[b], logprobs + b if logprobs != NULL else NULL, n_top,
+                                 top_ids + b * n_top, top_logprobs + b * n_top)
     free(scratch)
+    return 0
+
+
+def penalize(const floating[:, ::1] logits, const int64_t[:, ::1] history, const int64_t[::1] lengths,
+             double repetition, double frequency, double presence, int64_t last_n, floating[:, ::1] out):
+    """out[b] = logits[b] after the penalties over history[b, :lengths[b]] (see adjust_row), per row."""
+    cdef Py_ssize_t B = logits.shape[0], V = logits.shape[1], H = history.shape[1], b
+    if (out.shape[0] != B or out.shape[1] != V or history.shape[0] != B or lengths.shape[0] != B):
+        raise ValueError(f"penalize: logits ({B}, {V}), history ({history.shape[0]}, {H}), "
+                         f"lengths ({lengths.shape[0]},) and out ({out.shape[0]}, {out.shape[1]}) do not match")
+    cdef Adjustments a = _adjustments(None, None, repetition, frequency, presence, last_n)
+    cdef Py_ssize_t n_recent = _window(H, last_n)
+    cdef const int64_t* hist = &history[0, 0] if H else NULL
+    cdef int threads = _threads(B, V, PARALLEL_MIN)
+    cdef int64_t* recent = <int64_t*>malloc(threads * max(n_recent, 1) * sizeof(int64_t))
+    if recent == NULL:
+        raise MemoryError(f"penalize: no memory for {threads} x {n_recent} token ids")
+    for b in prange(B, nogil=True, num_threads=threads, schedule="static"):
+        adjust_row(&logits[b, 0], V, a, hist + b * H, lengths[b], recent + threadid() * n_recent, &out[b, 0])
+    free(recent)
     return 0
 
 

@@ -1,19 +1,20 @@
 /* The sampling pipeline for one row of logits (V,), in C++ for std::nth_element / std::sort (introselect and
  * introsort: no quadratic case on rows full of ties) with inlined comparators. sampling.pyx drives it over
  * rows; fastlm/sampling.py has validated everything before (every row has a finite maximum, no NaN or +inf,
- * temperature >= 0, top_k >= 0, 0 < top_p <= 1), so nothing here checks.
+ * temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1, bias and history ids in [0, V)), so nothing
+ * here checks, except what only the arithmetic can tell: whether bias and penalties overflow a row or ban
+ * all of it (step_row reports it).
  *
- * Semantics are those of fastlm.reference: temperature -> top-k -> top-p -> softmax -> inverse-CDF draw over
- * the vocabulary in index order. All arithmetic is double, whatever the logits' dtype (T, float or double).
+ * Semantics are those of fastlm.reference: logit bias -> penalties -> temperature -> top-k -> top-p -> min-p
+ * -> softmax -> inverse-CDF draw over the vocabulary in index order; log-probabilities of the raw row. All
+ * arithmetic is double, whatever the logits' dtype (T, float or double).
  *
  * A row's candidates (Cands) live in its scratch. While no token is dropped they are the whole row, read
  * straight from the logits (dense); top-k writes its survivors' token ids to idx and their logits to w, in
  * index order; the weighting pass turns values into weights exp((z - zmax) / temperature), in w; later
  * filters compact (idx, w) in place, keeping index order, so filters compose and the draw is one scan.
- *
- * Where the rest of the field's sampler goes: logit bias and repetition / frequency / presence penalties
- * (before temperature) write an adjusted copy of the row in double and run keep_row on it (it is templated
- * on the row's type for that); min-p is one more compaction after top-p.
+ * Logit bias and penalties write an adjusted copy of the row in double (RowScratch::adjusted), and the
+ * pipeline runs on that copy instead of the row.
  */
 #ifndef FASTLM_SAMPLING_IMPL_H
 #define FASTLM_SAMPLING_IMPL_H
@@ -36,9 +37,21 @@ struct SamplerOptions {
     double temperature;  // 0: greedy (argmax)
     int64_t top_k;       // 0 or >= V: off
     double top_p;        // 1: off
+    double min_p;        // 0: off
 };
 
-struct Ranked {          // a candidate in the top-p ranking: weight, then position in the candidate list
+struct Adjustments {     // applied to a copy of the row before the pipeline: logit bias, then penalties
+    const int64_t* bias_ids;  // (n_bias,) distinct token ids
+    const double* bias;       // (n_bias,) finite, or -inf to ban
+    int64_t n_bias;
+    double repetition;        // > 0; 1: off
+    double frequency;         // 0: off
+    double presence;          // 0: off
+    int64_t last_n;           // the penalty window: the last last_n tokens of the history; -1: all; 0: none
+};
+
+struct Ranked {          // a ranked value: top-p, a weight and its position in the candidate list; top-n, a
+                         // logit and its token id
     double w;
     int64_t pos;
 };
@@ -48,32 +61,39 @@ constexpr int kBuckets = 64 << kBucketBits;      // ... down to 2^-64; smaller w
 constexpr int64_t kRankAll = 256;                // up to this many candidates, top-p sorts them all
 
 struct RowScratch {      // one per thread, carved out of one block by carve_scratch
-    Ranked* window;      // (V,)        top-p: the candidates being ranked
+    Ranked* window;      // (V,)        top-p: the candidates being ranked; top-n: the largest logits
     double* w;           // (V,)        candidate values (Cands::w)
     int64_t* idx;        // (V,)        candidate token ids (Cands::idx)
     double* hist;        // (kBuckets,) top-p: weight per bucket
-    void* select;        // (top_k_capacity,) top-k: logits (in the row's type) above the running k-th largest
+    double* adjusted;    // (V,)        the row after logit bias and penalties
+    int64_t* recent;     // (n_recent,) the penalty window's tokens
+    void* select;        // (n_select,) top-k, top-n: logits (in the row's type) above the running k-th largest
 };
 
+/* The selection buffer kth_largest needs for the k-th largest of V values (none when k is 0 or >= V). */
 inline int64_t top_k_capacity(int64_t V, int64_t k)
 {
     return (k > 0 && k < V) ? std::min(V, 2 * k + 64) : 0;
 }
 
-inline size_t scratch_bytes(int64_t V, int64_t k)  // every piece is a multiple of 8 bytes: all stay aligned
+/* Bytes of one thread's scratch; n_recent: the longest penalty window, n_select: the selection buffer (both
+ * 0 where unused). Every piece is a multiple of 8 bytes: all stay aligned. */
+inline size_t scratch_bytes(int64_t V, int64_t n_recent, int64_t n_select)
 {
-    return V * (sizeof(Ranked) + sizeof(double) + sizeof(int64_t)) + kBuckets * sizeof(double)
-           + top_k_capacity(V, k) * sizeof(double);
+    return V * (sizeof(Ranked) + 3 * sizeof(double)) + kBuckets * sizeof(double)
+           + n_recent * sizeof(int64_t) + n_select * sizeof(double);
 }
 
-inline RowScratch carve_scratch(void* mem, int64_t V)
+inline RowScratch carve_scratch(void* mem, int64_t V, int64_t n_recent)
 {
     RowScratch s;
     s.window = static_cast<Ranked*>(mem);
     s.w = reinterpret_cast<double*>(s.window + V);
     s.idx = reinterpret_cast<int64_t*>(s.w + V);
     s.hist = reinterpret_cast<double*>(s.idx + V);
-    s.select = s.hist + kBuckets;                                    // sized for doubles, holds floats too
+    s.adjusted = s.hist + kBuckets;
+    s.recent = reinterpret_cast<int64_t*>(s.adjusted + V);
+    s.select = s.recent + n_recent;                                  // sized for doubles, holds floats too
     return s;
 }
 
@@ -144,21 +164,34 @@ inline T kth_largest(const T* v, int64_t n, int64_t k, T* buf, int64_t capacity)
     return buf[k - 1];
 }
 
+/* The k-th largest of x[0, n) for 0 < k <= n (-inf for k == n: everything makes the cut). */
+template <class T>
+inline T kth_or_all(const T* x, int64_t n, int64_t k, const RowScratch& s)
+{
+    if (k == n) return -std::numeric_limits<T>::infinity();
+    return kth_largest(x, n, k, static_cast<T*>(s.select), top_k_capacity(n, k));
+}
+
+/* emit(i) for every i with x[i] >= floor, in index order, skipping 16 values at a time where none is. */
+template <class T, class Emit>
+inline void for_each_at_least(const T* x, int64_t n, T floor, Emit emit)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        if (i + 16 <= n && !any16(x + i, [floor](T a) { return a >= floor; })) continue;
+        for (int64_t t = i; t < std::min(n, i + 16); ++t)
+            if (x[t] >= floor) emit(t);
+    }
+}
+
 /* Top-k, the first filter (it reads the row): keep every logit >= the k-th largest (ties survive). */
 template <class T>
 inline void keep_top_k(const T* x, Cands& c, int64_t k, const RowScratch& s)
 {
-    const T kth = kth_largest(x, c.n, k, static_cast<T*>(s.select), top_k_capacity(c.n, k));
     int64_t n = 0;
-    for (int64_t i = 0; i < c.n; i += 16) {
-        if (i + 16 <= c.n && !any16(x + i, [kth](T a) { return a >= kth; })) continue;
-        for (int64_t t = i; t < std::min(c.n, i + 16); ++t) {
-            if (x[t] >= kth) {
-                c.idx[n] = t;
-                c.w[n++] = x[t];
-            }
-        }
-    }
+    for_each_at_least(x, c.n, kth_or_all(x, c.n, k, s), [&](int64_t t) {
+        c.idx[n] = t;
+        c.w[n++] = x[t];
+    });
     c.n = n;
     c.dense = false;
 }
@@ -344,21 +377,41 @@ inline double keep_top_p(Cands& c, double total, double p, const RowScratch& s)
     }
 }
 
-/* Inverse CDF in index order: the first candidate whose cumulative weight exceeds u * total; the last
- * candidate with any weight when rounding lets u * total reach the end. */
-inline int64_t draw(const Cands& c, double total, double u)
+/* Inverse CDF in index order, in the reference's arithmetic: probabilities w / total, their running sum
+ * (written over w), and the first candidate whose running sum exceeds u times the sum's end; the last
+ * candidate with any probability when rounding lets u times the end reach it. */
+inline int64_t draw_normalised(Cands& c, double total, double u)
 {
-    const double target = u * total;
     double cum = 0.0;
     int64_t last = 0;
     for (int64_t j = 0; j < c.n; ++j) {
-        if (c.w[j] > 0.0) {
-            cum += c.w[j];
-            if (cum > target) return c.token(j);
-            last = j;
+        const double p = c.w[j] / total;
+        if (p > 0.0) last = j;
+        cum += p;
+        c.w[j] = cum;
+    }
+    const int64_t first = std::upper_bound(c.w, c.w + c.n, u * cum) - c.w;
+    return c.token(std::min(first, last));
+}
+
+/* Inverse CDF in index order: the first candidate whose cumulative weight exceeds u * total, in one scan
+ * that stops there. Where the target lies within rounding of the boundary found (or past the end), the two
+ * arithmetics may disagree, so the draw is redone in the reference's (draw_normalised): on rows of ties a
+ * uniform such as 0.5 lands exactly on a boundary, and only the same arithmetic picks the same side. */
+inline int64_t draw(Cands& c, double total, double u)
+{
+    const double target = u * total;
+    const double slack = 4.0 * c.n * std::numeric_limits<double>::epsilon() * total;  // > both sums' error
+    double cum = 0.0;
+    for (int64_t j = 0; j < c.n; ++j) {
+        const double before = cum;
+        cum += c.w[j];
+        if (cum > target) {
+            if (cum - target > slack && target - before > slack) return c.token(j);
+            break;
         }
     }
-    return c.token(last);
+    return draw_normalised(c, total, u);
 }
 
 /* The kept candidates of row x (V,), with unnormalised weights, and through `total` their sum. */
@@ -376,6 +429,8 @@ inline Cands keep_row(const T* x, int64_t V, const SamplerOptions& o, const RowS
     else
         *total = weigh(c.w, c.w, c.n, row_max(c.w, c.n), o.temperature);
     if (o.top_p < 1.0) *total = keep_top_p(c, *total, o.top_p, s);
+    // min-p: probability >= min_p x the top one's; the top candidate's weight is exp(0) = 1 exactly.
+    if (o.min_p > 0.0) *total = compact(c, [&o](double w, int64_t) { return w >= o.min_p; });
     return c;
 }
 
@@ -384,8 +439,84 @@ template <class T>
 inline int64_t sample_row(const T* x, int64_t V, const SamplerOptions& o, const RowScratch& s, double u)
 {
     double total;
-    const Cands c = keep_row(x, V, o, s, &total);
+    Cands c = keep_row(x, V, o, s, &total);
     return draw(c, total, u);
+}
+
+/* out = x after the logit bias, then llama.cpp's penalties over the window, the last a.last_n tokens of
+ * history[0, length) (all of them for -1): each distinct token t seen c times there gets z = z * repetition
+ * if z <= 0 else z / repetition, then z -= c * frequency + presence. Arithmetic in double, rounded once to U.
+ * `recent` (the window's length) is scratch. Returns false where a value came out NaN or +inf (an overflow:
+ * the pipeline cannot weigh such a row). */
+template <class T, class U>
+inline bool adjust_row(const T* x, int64_t V, const Adjustments& a, const int64_t* history, int64_t length,
+                       int64_t* recent, U* out)
+{
+    bool ok = true;
+    auto set = [&](int64_t t, double z) {
+        ok &= !(std::isnan(z) || z == std::numeric_limits<double>::infinity());
+        out[t] = static_cast<U>(z);
+    };
+    std::copy(x, x + V, out);
+    for (int64_t j = 0; j < a.n_bias; ++j) set(a.bias_ids[j], out[a.bias_ids[j]] + a.bias[j]);
+    const int64_t start = a.last_n < 0 ? 0 : std::max<int64_t>(0, length - a.last_n);
+    const int64_t n = length - start;
+    std::copy(history + start, history + length, recent);
+    std::sort(recent, recent + n);                       // each distinct token becomes one run: its count
+    for (int64_t i = 0, end; i < n; i = end) {
+        const int64_t t = recent[i];
+        for (end = i + 1; end < n && recent[end] == t; ++end) {}
+        const double z = out[t] <= 0 ? out[t] * a.repetition : out[t] / a.repetition;
+        set(t, z - (static_cast<double>(end - i) * a.frequency + a.presence));
+    }
+    return ok;
+}
+
+/* The n largest values of x (0 < n <= V) with their ids in s.window[0, n): largest first, ties by lower id. */
+template <class T>
+inline void top_n(const T* x, int64_t V, int64_t n, const RowScratch& s)
+{
+    int64_t m = 0;                                       // every value >= the n-th largest: n of them or more
+    for_each_at_least(x, V, kth_or_all(x, V, n, s), [&](int64_t t) { s.window[m++] = Ranked{x[t], t}; });
+    std::partial_sort(s.window, s.window + n, s.window + m, ranks_before);
+}
+
+/* Log-probabilities under the raw row x, log-softmax (x - max) - log sum exp(x - max): that of `token`,
+ * and the top_n most probable tokens with theirs (most probable first, ties by lower id). Uses s.w. */
+template <class T>
+inline void raw_logprobs(const T* x, int64_t V, int64_t token, int64_t n_top, const RowScratch& s,
+                         double* logprob, int64_t* top_ids, double* top_logprobs)
+{
+    const double xmax = row_max(x, V);
+    const double log_total = std::log(weigh(x, s.w, V, xmax, 1.0));
+    *logprob = (x[token] - xmax) - log_total;
+    if (n_top == 0) return;
+    top_n(x, V, n_top, s);
+    for (int64_t j = 0; j < n_top; ++j) {
+        top_ids[j] = s.window[j].pos;
+        top_logprobs[j] = (s.window[j].w - xmax) - log_total;
+    }
+}
+
+/* One row of a Sampler step: the token drawn from row x (through `a`'s bias and penalties first, where
+ * given, over history[0, length)), and its log-probabilities where `logprob` is given. Returns the token,
+ * or -1 (nothing else written) where bias and penalties overflow the row or leave it no finite logit. */
+template <class T>
+inline int64_t step_row(const T* x, int64_t V, const SamplerOptions& o, const Adjustments* a,
+                        const int64_t* history, int64_t length, const RowScratch& s, double u, double* logprob,
+                        int64_t n_top, int64_t* top_ids, double* top_logprobs)
+{
+    int64_t token;
+    if (a != nullptr) {
+        if (!adjust_row(x, V, *a, history, length, s.recent, s.adjusted)
+            || row_max(s.adjusted, V) == -std::numeric_limits<double>::infinity())
+            return -1;
+        token = sample_row(s.adjusted, V, o, s, u);
+    } else {
+        token = sample_row(x, V, o, s, u);
+    }
+    if (logprob != nullptr) raw_logprobs(x, V, token, n_top, s, logprob, top_ids, top_logprobs);
+    return token;
 }
 
 /* out = x on the kept tokens, -inf elsewhere. */

@@ -8,8 +8,11 @@ from .config import PRESETS, ModelConfig
 from .errors import FastLMError, FastLMTypeError, FastLMValueError, ModelFormatError
 from .model import CausalLM
 from .reference import create_causal_mask
-from .sampling import sample_token, softmax, temperature_scale, top_k_filter, top_p_filter
-from .threads import _default_threads, get_num_threads, set_num_threads
+from .generation import Generation, TokenEvent
+from .kvcache import KVCache
+from .sampling import (Sampler, SampleResult, apply_penalties, min_p_filter, sample_token, softmax,
+                       temperature_scale, top_k_filter, top_p_filter)
+from .runtime import _default_threads, get_num_threads, set_num_threads, set_simd, simd_enabled
 
 set_num_threads(_default_threads())
 
@@ -17,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CausalLM", "ModelConfig", "PRESETS", "create_causal_mask", "softmax", "temperature_scale", "top_k_filter",
-    "top_p_filter", "sample_token", "count_model_parameters", "generation_flops", "generation_flops_with_cache",
-    "reference", "set_num_threads", "get_num_threads", "FastLMError", "FastLMValueError", "FastLMTypeError", "ModelFormatError",
+    "top_p_filter", "min_p_filter", "apply_penalties", "sample_token", "Sampler", "SampleResult", "Generation",
+    "TokenEvent", "KVCache", "count_model_parameters", "generation_flops", "generation_flops_with_cache",
+    "reference", "set_num_threads", "get_num_threads", "set_simd", "simd_enabled", "FastLMError", "FastLMValueError", "FastLMTypeError", "ModelFormatError",
 ]

@@ -1,46 +1,277 @@
-"""The autoregressive loop shared by the reference and the fast model."""
+"""Autoregressive generation: the textbook's naive loop, and the engine (KV cache, batches, streaming).
+
+Randomness: every row draws its uniforms (one per new token) from its own generator, seeded by that row's
+seed, so a row's tokens depend only on its prompt, its options and its seed, never on the other rows of
+the batch or on whether the cache is used. ``seed`` may be one integer (every row uses it), one per row,
+or None (fresh entropy).
+"""
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .config import ModelConfig
-from .errors import FastLMValueError
-from .validation import check_int, check_temperature, check_token_ids, check_top_k, check_top_p, make_rng
+from .errors import FastLMTypeError, FastLMValueError
+from .validation import check_int, check_token_ids, make_rng
+
+if TYPE_CHECKING:
+    from .model import CausalLM
 
 
-def naive_generate(forward: Callable[[np.ndarray], np.ndarray], sample: Callable, config: ModelConfig,
-                   prompt_tokens, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0, greedy: bool = False, eos_token_id: int | None = None,
+def row_uniforms(seed, rows: int, steps: int) -> np.ndarray:
+    """(rows, steps) uniforms in [0, 1): row b's come from its own generator (see the module docstring)."""
+    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * rows
+    if len(seeds) != rows:
+        raise FastLMValueError(f"seed holds {len(seeds)} seeds for {rows} rows")
+    out = np.empty((rows, steps))
+    for b, s in enumerate(seeds):
+        out[b] = make_rng(s).random(steps)
+    return out
+
+
+def check_eos(eos_token_id, vocab_size: int) -> frozenset[int]:
+    """None, one id or several ids, each in [0, V)."""
+    if eos_token_id is None:
+        return frozenset()
+    ids = [eos_token_id] if np.ndim(eos_token_id) == 0 else list(eos_token_id)
+    for i in ids:
+        check_int("eos_token_id", i, 0)
+        if i >= vocab_size:
+            raise FastLMValueError(f"eos_token_id {i} is outside the vocabulary [0, {vocab_size})")
+    return frozenset(int(i) for i in ids)
+
+
+def naive_generate(forward: Callable[[np.ndarray], np.ndarray], sampler, config: ModelConfig,
+                   prompt_tokens, max_new_tokens: int, *, eos_token_id: int | None = None,
                    seed=None) -> np.ndarray:
     """Generate by re-running ``forward`` over the whole sequence for every new token (no KV cache).
 
-    Only the last position's logits are sampled. Generation stops after ``max_new_tokens``, when the
-    sequence reaches ``config.max_seq_len``, or once every row has produced ``eos_token_id``; a row that
-    has finished is padded with ``eos_token_id``. The same ``seed`` gives the same tokens.
-    Returns the (B, L + n) int64 sequences, prompt included.
+    Only the last position's logits are sampled, by ``sampler(logits, uniforms)``. Generation stops after
+    ``max_new_tokens``, when the sequence reaches ``config.max_seq_len``, or once every row has produced
+    ``eos_token_id``; a row that has finished is padded with it. Returns the (B, L + n) int64 sequences,
+    prompt included.
     """
     tokens = check_token_ids(prompt_tokens, config.vocab_size, config.max_seq_len)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
-    if eos_token_id is not None:
-        eos_token_id = check_int("eos_token_id", eos_token_id, 0)
-        if eos_token_id >= config.vocab_size:
-            raise FastLMValueError(f"eos_token_id {eos_token_id} is outside the vocabulary [0, {config.vocab_size})")
-    rng = make_rng(seed)
-    # Check the sampling options before any forward pass is spent on them.
-    check_temperature(temperature), check_top_k(top_k), check_top_p(top_p)
+    eos = check_eos(eos_token_id, config.vocab_size)
+    if len(eos) > 1:
+        raise FastLMValueError("the naive loop pads finished rows with its eos id: give one eos_token_id")
+    uniforms = row_uniforms(seed, tokens.shape[0], max_new_tokens)
     finished = np.zeros(tokens.shape[0], dtype=bool)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if tokens.shape[1] >= config.max_seq_len:
             break
         last_logits = forward(tokens)[:, -1, :]                  # (B, V): the only position we need
-        next_tokens = sample(last_logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                             greedy=greedy, rng=rng)
-        if eos_token_id is not None:
-            next_tokens = np.where(finished, eos_token_id, next_tokens)
-            finished |= next_tokens == eos_token_id
+        next_tokens = sampler(last_logits, uniforms[:, step]).tokens
+        if eos:
+            (eos_id,) = eos
+            next_tokens = np.where(finished, eos_id, next_tokens)
+            finished |= next_tokens == eos_id
         tokens = np.concatenate([tokens, next_tokens[:, np.newaxis]], axis=1)
         if finished.all():
             break
     return tokens
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+@dataclass
+class TokenEvent:
+    """One new token of one row, as :meth:`CausalLM.stream` yields it."""
+    row: int                       # index of the prompt in the batch
+    token: int
+    logprob: float | None          # log-probability under the model's raw distribution, if requested
+    finish_reason: str | None      # None while the row goes on; "eos", "stop" or "length" on its last token
+
+
+@dataclass
+class Generation:
+    """One row's result: its new tokens (the stopping eos or stop sequence included) and why it stopped."""
+    prompt: np.ndarray
+    tokens: np.ndarray
+    finish_reason: str             # "eos", "stop" (a stop sequence) or "length" (max_new_tokens or max_seq_len)
+    logprobs: np.ndarray | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = field(default=None, repr=False)
+
+
+def check_prompts(prompts, config: ModelConfig, sliding_window: bool) -> list[np.ndarray]:
+    """A list of 1-D int64 prompts, each non-empty, in the vocabulary and (unless the window slides) no
+    longer than max_seq_len. A (L,) array is one prompt, a (B, L) array B prompts."""
+    if isinstance(prompts, np.ndarray) or (isinstance(prompts, Sequence) and prompts
+                                           and np.ndim(prompts[0]) == 0):
+        arr = np.asarray(prompts)
+        prompts = [arr] if arr.ndim == 1 else list(arr)
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise FastLMValueError("prompts must be a non-empty list of token-id sequences")
+    limit = np.iinfo(np.int64).max if sliding_window else config.max_seq_len
+    return [check_token_ids(p, config.vocab_size, limit)[0] for p in prompts]
+
+
+def check_stop_sequences(stop_sequences, vocab_size: int) -> list[np.ndarray]:
+    if stop_sequences is None:
+        return []
+    out = []
+    for seq in stop_sequences:
+        arr = np.asarray(seq)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise FastLMValueError(f"each stop sequence must be a non-empty sequence of token ids, got {seq!r}")
+        if arr.min() < 0 or arr.max() >= vocab_size:
+            raise FastLMValueError(f"stop sequence {seq!r} holds ids outside the vocabulary [0, {vocab_size})")
+        out.append(arr.astype(np.int64))
+    return out
+
+
+class _Rows:
+    """Per-slot state of the live rows. Slots 0..active-1 hold the rows still generating; a finished row's
+    slot is refilled with the last live one, so every batched call runs over one contiguous block."""
+
+    def __init__(self, prompts: list[np.ndarray], requests: list[int], max_new_tokens: int):
+        B = len(prompts)
+        self.request = np.array(requests, np.int64)                   # slot -> index of the prompt
+        self.history = np.zeros((B, max(map(len, prompts)) + max_new_tokens), np.int64)  # prompt + new tokens
+        self.lengths = np.array([len(p) for p in prompts], np.int64)
+        for b, p in enumerate(prompts):
+            self.history[b, :len(p)] = p
+        self.prompt_lengths = self.lengths.copy()
+        self.active = B
+
+    def swap(self, a: int, b: int) -> None:
+        for arr in (self.request, self.lengths, self.prompt_lengths):
+            arr[[a, b]] = arr[[b, a]]
+        self.history[[a, b]] = self.history[[b, a]]
+
+
+def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, eos_token_id=None,
+                   stop_sequences=None, seed=None, use_cache: bool = True,
+                   sliding_window: bool = False) -> Iterator[list[TokenEvent] | list[Generation]]:
+    """The engine. Yields, after every step, the list of TokenEvents of the rows that took a token; when
+    every row has finished it returns (StopIteration.value) the list of :class:`Generation` in prompt order.
+
+    With the cache: every prompt is prefilled into its own cache row, then each step decodes one token for
+    every live row in one batched call; finished rows leave the batch at once. Without it, each step re-runs
+    each live row's whole sequence (the naive loop). With ``sliding_window``, a row that reaches max_seq_len
+    goes on: its next logits are those of the textbook's truncated loop, forward(last max_seq_len tokens),
+    i.e. the window is re-encoded from position 0 each step, so the dropped token's influence is gone.
+    """
+    c = model.config
+    prompts = check_prompts(prompts, c, sliding_window)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
+    eos = check_eos(eos_token_id, c.vocab_size)
+    stops = check_stop_sequences(stop_sequences, c.vocab_size)
+    B, W = len(prompts), c.max_seq_len
+    uniforms = row_uniforms(seed, B, max_new_tokens)
+    new_tokens: list[list[int]] = [[] for _ in range(B)]
+    logprobs: list[list[float]] = [[] for _ in range(B)]
+    top: list[list] = [[] for _ in range(B)]
+    # A row with nothing to generate (no budget, or a full context that may not slide) is done already.
+    results: list[Generation | None] = [
+        Generation(p, np.empty(0, np.int64), "length")
+        if max_new_tokens == 0 or (len(p) >= W and not sliding_window) else None for p in prompts]
+    live = [b for b in range(B) if results[b] is None]
+    if not live:
+        return results
+    rows = _Rows([prompts[b] for b in live], live, max_new_tokens)
+    source = (_CachedLogits if use_cache else _NaiveLogits)(model, rows, W, sliding_window)
+    logits = source.start()
+    for step in range(max_new_tokens):
+        n = rows.active
+        out = sampler(logits[:n], uniforms[rows.request[:n], step], rows.history[:n], rows.lengths[:n])
+        events, finished = [], []
+        for slot in range(n):
+            b, token = int(rows.request[slot]), int(out.tokens[slot])
+            rows.history[slot, rows.lengths[slot]] = token
+            rows.lengths[slot] += 1
+            new_tokens[b].append(token)
+            if out.logprobs is not None:
+                logprobs[b].append(float(out.logprobs[slot]))
+            if out.top_ids is not None:
+                top[b].append(list(zip(out.top_ids[slot].tolist(), out.top_logprobs[slot].tolist())))
+            reason = _finish_reason(new_tokens[b], eos, stops, max_new_tokens,
+                                    int(rows.lengths[slot]) >= W and not sliding_window)
+            events.append(TokenEvent(b, token, logprobs[b][-1] if logprobs[b] else None, reason))
+            if reason:
+                results[b] = Generation(prompts[b], np.array(new_tokens[b], np.int64), reason,
+                                        np.array(logprobs[b]) if out.logprobs is not None else None,
+                                        top[b] if out.top_ids is not None else None)
+                finished.append(slot)
+        yield events
+        for slot in reversed(finished):          # highest first, so each refill comes from a live slot
+            last = rows.active - 1
+            if slot != last:
+                rows.swap(slot, last)
+                source.move(last, slot)
+            rows.active -= 1
+        if rows.active == 0:
+            break
+        logits = source.step()
+    return results
+
+
+def _finish_reason(tokens: list[int], eos: frozenset[int], stops: list[np.ndarray], max_new_tokens: int,
+                   at_max_len: bool) -> str | None:
+    if tokens[-1] in eos:
+        return "eos"
+    for seq in stops:
+        if len(tokens) >= len(seq) and tokens[-len(seq):] == seq.tolist():
+            return "stop"
+    if len(tokens) >= max_new_tokens or at_max_len:
+        return "length"
+    return None
+
+
+class _CachedLogits:
+    """Next-token logits from a KV cache: prompts prefilled once, then one batched decode per step."""
+
+    def __init__(self, model: "CausalLM", rows: _Rows, window: int, sliding: bool):
+        self.model, self.rows, self.window, self.sliding = model, rows, window, sliding
+        B = len(rows.request)
+        self.cache = model.new_cache(B, min(window, rows.history.shape[1]))
+        self.workspace = model.new_workspace(max(B, model.prefill_chunk))
+        self.logits = np.empty((B, model.vocab_size), model.dtype)
+
+    def _encode(self, slot: int, tokens: np.ndarray) -> None:
+        """Re-encode a row from position 0 with its last tokens (the prompt, or a slid window)."""
+        self.cache.lengths[slot] = 0
+        if len(tokens):
+            self.model.prefill(tokens[None], self.cache, slot, self.workspace, self.logits[slot:slot + 1])
+
+    def start(self) -> np.ndarray:
+        for slot in range(self.rows.active):
+            n = int(self.rows.lengths[slot])
+            self._encode(slot, self.rows.history[slot, max(0, n - self.window):n])
+        return self.logits
+
+    def step(self) -> np.ndarray:
+        n, rows = self.rows.active, self.rows
+        if self.sliding:
+            # A full row re-encodes its last window - 1 tokens; the decode below then adds the newest one
+            # at position window - 1, which is exactly forward(last window tokens)[-1].
+            for slot in np.flatnonzero(self.cache.lengths[:n] >= self.cache.max_len):
+                end = int(rows.lengths[slot]) - 1
+                self._encode(slot, rows.history[slot, end - (self.cache.max_len - 1):end])
+        last = rows.history[np.arange(n), rows.lengths[:n] - 1]
+        return self.model.decode(last, self.cache, 0, self.workspace, self.logits[:n])
+
+    def move(self, src: int, dst: int) -> None:
+        self.cache.move_row(src, dst)
+
+
+class _NaiveLogits:
+    """Next-token logits by re-running each live row's whole sequence (or its last window) every step."""
+
+    def __init__(self, model: "CausalLM", rows: _Rows, window: int, sliding: bool):
+        self.model, self.rows, self.window = model, rows, window
+        self.logits = np.empty((len(rows.request), model.vocab_size), model.dtype)
+
+    def step(self) -> np.ndarray:
+        for slot in range(self.rows.active):
+            n = int(self.rows.lengths[slot])
+            self.logits[slot] = self.model.forward(self.rows.history[slot, max(0, n - self.window):n])[0, -1]
+        return self.logits
+
+    start = step
+
+    def move(self, src: int, dst: int) -> None:
+        pass                                   # nothing is kept between steps

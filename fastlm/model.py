@@ -3,21 +3,29 @@ hot loops in compiled kernels and the dense projections in BLAS."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 
 from . import _attention, _gather, _layers, _linear
 from .config import ModelConfig
-from .errors import FastLMTypeError, FastLMValueError
+from .errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .kvcache import KVCache
-from .generation import naive_generate
-from .reference import init_parameters
-from .sampling import sample_token
+from .generation import Generation, TokenEvent, generate_steps
+from .sampling import Sampler
+from .reference import init_parameters, parameter_shapes
 from .validation import check_int, check_token_ids
 
 _DTYPES = (np.float32, np.float64)
-# Tokens per row in one prefill pass: bounds activation memory for long prompts.
-PREFILL_CHUNK = 512
+
+
+def check_params(config: ModelConfig, params: dict[str, np.ndarray]) -> None:
+    """Every tensor ``config`` needs is present with its shape (nanoGPT's habit: assert every weight)."""
+    for name, shape in parameter_shapes(config).items():
+        if name not in params:
+            raise ModelFormatError(f"missing tensor {name!r} (expected shape {shape})")
+        if tuple(params[name].shape) != shape:
+            raise ModelFormatError(f"tensor {name!r} has shape {tuple(params[name].shape)}, expected {shape}")
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -127,6 +135,8 @@ class CausalLM:
     float64 model and the reference hold identical weights and a float32 model holds them rounded.
     """
 
+    prefill_chunk = 512   # tokens per row in one prefill pass: bounds activation memory for long prompts
+
     def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int,
                  d_ff: int, max_seq_len: int = 2048, tie_weights: bool = False, rope_theta: float = 10000.0,
                  norm_eps: float = 1e-6, seed=None, dtype=np.float32):
@@ -139,6 +149,16 @@ class CausalLM:
         return cls(config.vocab_size, config.d_model, config.num_layers, config.num_heads,
                    config.num_kv_heads, config.d_ff, config.max_seq_len, config.tie_weights,
                    config.rope_theta, config.norm_eps, seed=seed, dtype=dtype)
+
+    @classmethod
+    def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray], dtype=np.float32) -> "CausalLM":
+        """A model holding the given weights: GGUF tensor names (``token_embd``, ``blk.{i}.attn_q``, ...,
+        ``output_norm``, ``output`` unless tied), linear weights (out, in), Q/K rows in the interleaved-pair
+        RoPE layout (see :mod:`fastlm.reference`). Shapes are checked against ``config``."""
+        check_params(config, params)
+        model = cls.__new__(cls)
+        model._build(config, params, _check_dtype(dtype))
+        return model
 
     def _build(self, config: ModelConfig, params: dict[str, np.ndarray], dtype: np.dtype) -> None:
         self.config, self.dtype = config, dtype
@@ -194,7 +214,7 @@ class CausalLM:
         ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
         B, L = ids.shape
         rows = self._check_rows(cache, first_row, B, L)
-        ws = workspace if workspace is not None else self.new_workspace(B * min(L, PREFILL_CHUNK))
+        ws = workspace if workspace is not None else self.new_workspace(B * min(L, self.prefill_chunk))
         if ws.capacity < B:
             raise FastLMValueError(f"workspace capacity {ws.capacity} is below the batch size {B}")
         chunk = ws.capacity // B
@@ -244,13 +264,64 @@ class CausalLM:
         _linear.linear(hidden, self.W_out.T, out)                 # W_out.T is the (V, d) row-major table
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, greedy: bool = False, eos_token_id: int | None = None,
-                 seed=None) -> np.ndarray:
-        """Sample up to ``max_new_tokens`` tokens after the prompt; returns (B, L + n) int64, prompt included.
+                 top_p: float = 1.0, greedy: bool = False, eos_token_id=None, seed=None, *,
+                 use_cache: bool = True, sliding_window: bool = False, **sampling) -> np.ndarray:
+        """Sample up to ``max_new_tokens`` tokens after each prompt row; returns (B, L + n) int64, prompts
+        included.
 
-        Stops at ``max_seq_len`` or once every row has produced ``eos_token_id`` (finished rows are padded
-        with it). The same ``seed`` gives the same tokens.
+        Stops at ``max_seq_len`` (unless ``sliding_window``), or once every row has produced an eos id
+        (``eos_token_id``: one id or several; a finished row is padded with its eos). Each row's tokens
+        depend only on its prompt, the options and ``seed`` (see :mod:`fastlm.generation`), and are the
+        same with or without the cache. ``sampling`` takes the rest of :class:`fastlm.Sampler`'s options
+        (min_p, penalties, logit_bias). For ragged prompts, stop sequences, log-probabilities and finish
+        reasons use :meth:`generate_batch`; for token-by-token output, :meth:`stream`.
         """
-        return naive_generate(self.forward, sample_token, self.config, prompt_tokens, max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                              eos_token_id=eos_token_id, seed=seed)
+        limit = np.iinfo(np.int64).max if sliding_window else self.max_seq_len
+        ids = check_token_ids(prompt_tokens, self.vocab_size, limit)
+        results = self.generate_batch(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      greedy=greedy, eos_token_id=eos_token_id, seed=seed, use_cache=use_cache,
+                                      sliding_window=sliding_window, **sampling)
+        width = max(len(r.tokens) for r in results)
+        out = np.empty((ids.shape[0], ids.shape[1] + width), np.int64)
+        out[:, : ids.shape[1]] = ids
+        for row, r in zip(out, results):
+            row[ids.shape[1]:] = np.pad(r.tokens, (0, width - len(r.tokens)), mode="edge") if width else r.tokens
+        return out
+
+    def generate_batch(self, prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
+                       seed=None, use_cache: bool = True, sliding_window: bool = False,
+                       sampler: Sampler | None = None, **sampling) -> list[Generation]:
+        """Generate for a batch of prompts of any lengths (a list of id sequences, or a (B, L) array).
+
+        Returns one :class:`fastlm.generation.Generation` per prompt: its new tokens, why it stopped
+        (``"eos"``, ``"stop"`` for a stop sequence of token ids, ``"length"``) and, when requested with
+        ``logprobs=True`` / ``top_logprobs=n``, log-probabilities. ``sampler`` is a configured
+        :class:`fastlm.Sampler`; otherwise ``sampling`` holds its options (temperature, top_k, ...).
+        ``seed``: one integer for every row, one per row, or None.
+        """
+        steps = self._steps(prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
+                            sliding_window, sampler, sampling)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def stream(self, prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None, seed=None,
+               use_cache: bool = True, sliding_window: bool = False, sampler: Sampler | None = None,
+               **sampling) -> Iterator[TokenEvent]:
+        """Like :meth:`generate_batch`, but yields each new token as a :class:`TokenEvent` as soon as it is
+        sampled (rows of one step in slot order; ``finish_reason`` set on a row's last token)."""
+        for events in self._steps(prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
+                                  sliding_window, sampler, sampling):
+            yield from events
+
+    def _steps(self, prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache, sliding_window,
+               sampler, sampling):
+        if sampler is None:
+            sampler = Sampler(**sampling)
+        elif sampling:
+            raise FastLMValueError(f"pass either a sampler or sampling options, not both: {sorted(sampling)}")
+        return generate_steps(self, prompts, max_new_tokens, sampler, eos_token_id=eos_token_id,
+                              stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
+                              sliding_window=sliding_window)

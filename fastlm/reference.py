@@ -19,14 +19,16 @@ import numpy as np
 
 from .config import ModelConfig
 from .generation import naive_generate
-from .validation import (check_logits, check_temperature, check_token_ids, check_top_k, check_top_p,
-                         make_rng)
+from .sampling import SampleResult
+from .validation import (SamplerSettings, check_history, check_logits, check_min_p, check_penalties,
+                         check_temperature, check_token_ids, check_top_k, check_top_p, make_rng)
 from .accounting import count_model_parameters, generation_flops, generation_flops_with_cache
 
 __all__ = [
     "RMSNorm", "apply_rope", "GroupedQueryAttention", "SwiGLU", "TransformerBlock", "CausalLM",
     "ModelConfig", "create_causal_mask", "softmax", "temperature_scale", "top_k_filter", "top_p_filter",
-    "sample_token", "sample_from_uniforms", "init_parameters", "count_model_parameters", "generation_flops",
+    "sample_token", "sample_from_uniforms", "min_p_filter", "apply_penalties", "log_softmax", "Sampler",
+    "init_parameters", "count_model_parameters", "generation_flops",
     "generation_flops_with_cache",
 ]
 
@@ -38,6 +40,25 @@ def _xavier(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return rng.normal(0.0, np.sqrt(2.0 / (shape[0] + shape[1])), size=shape)
 
 
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight of ``config``, in GGUF names; linear weights are (out, in)."""
+    c = config
+    q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    shapes = {"token_embd": (c.vocab_size, c.d_model)}
+    for i in range(c.num_layers):
+        shapes.update({
+            f"blk.{i}.attn_norm": (c.d_model,), f"blk.{i}.attn_q": (q_dim, c.d_model),
+            f"blk.{i}.attn_k": (kv_dim, c.d_model), f"blk.{i}.attn_v": (kv_dim, c.d_model),
+            f"blk.{i}.attn_output": (c.d_model, q_dim), f"blk.{i}.ffn_norm": (c.d_model,),
+            f"blk.{i}.ffn_gate": (c.d_ff, c.d_model), f"blk.{i}.ffn_up": (c.d_ff, c.d_model),
+            f"blk.{i}.ffn_down": (c.d_model, c.d_ff),
+        })
+    shapes["output_norm"] = (c.d_model,)
+    if not c.tie_weights:
+        shapes["output"] = (c.vocab_size, c.d_model)
+    return shapes
+
+
 def init_parameters(config: ModelConfig, seed=None) -> dict[str, np.ndarray]:
     """Random float64 weights for ``config``, drawn in one fixed order from ``numpy.random.default_rng(seed)``.
 
@@ -45,23 +66,9 @@ def init_parameters(config: ModelConfig, seed=None) -> dict[str, np.ndarray]:
     model. Keys follow GGUF tensor names; norms start at one.
     """
     rng = make_rng(seed)
-    c = config
-    q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    params = {"token_embd": _xavier(rng, (c.vocab_size, c.d_model))}
-    for i in range(c.num_layers):
-        params[f"blk.{i}.attn_norm"] = np.ones(c.d_model)
-        params[f"blk.{i}.attn_q"] = _xavier(rng, (q_dim, c.d_model))
-        params[f"blk.{i}.attn_k"] = _xavier(rng, (kv_dim, c.d_model))
-        params[f"blk.{i}.attn_v"] = _xavier(rng, (kv_dim, c.d_model))
-        params[f"blk.{i}.attn_output"] = _xavier(rng, (c.d_model, q_dim))
-        params[f"blk.{i}.ffn_norm"] = np.ones(c.d_model)
-        params[f"blk.{i}.ffn_gate"] = _xavier(rng, (c.d_ff, c.d_model))
-        params[f"blk.{i}.ffn_up"] = _xavier(rng, (c.d_ff, c.d_model))
-        params[f"blk.{i}.ffn_down"] = _xavier(rng, (c.d_model, c.d_ff))
-    params["output_norm"] = np.ones(c.d_model)
-    if not c.tie_weights:
-        params["output"] = _xavier(rng, (c.vocab_size, c.d_model))
-    return params
+    # Matrices are drawn in the order parameter_shapes lists them; norms start at one and draw nothing.
+    return {name: np.ones(shape) if len(shape) == 1 else _xavier(rng, shape)
+            for name, shape in parameter_shapes(config).items()}
 
 
 # ------------------------------------------------------------------------------------------------- layers
@@ -212,9 +219,12 @@ class CausalLM:
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, eos_token_id: int | None = None,
                  seed=None) -> np.ndarray:
-        """The naive loop: re-run the whole sequence for every new token. Returns (B, L + n) int64."""
-        return naive_generate(self.forward, sample_token, self.config, prompt_tokens, max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+        """The naive loop: re-run the whole sequence for every new token. Returns (B, L + n) int64.
+
+        Row b samples with uniforms from its own generator (see :mod:`fastlm.generation`), as fastlm does.
+        """
+        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        return naive_generate(self.forward, sampler, self.config, prompt_tokens, max_new_tokens,
                               eos_token_id=eos_token_id, seed=seed)
 
 
@@ -281,3 +291,87 @@ def sample_token(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, t
         filtered = top_p_filter(top_k_filter(temperature_scale(rows, temperature), top_k), top_p)
         tokens = sample_from_uniforms(softmax(filtered, axis=-1), rng.random(rows.shape[0]))
     return int(tokens[0]) if logits.ndim == 1 else tokens
+
+
+def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Keep the tokens whose probability is at least min_p times the most probable one's; -inf elsewhere.
+
+    min_p 0 is off; the top token always survives.
+    """
+    logits, min_p = check_logits(logits), check_min_p(min_p)
+    if min_p == 0.0:
+        return logits.copy()
+    probs = softmax(logits, axis=-1)
+    return np.where(probs >= min_p * probs.max(axis=-1, keepdims=True), logits, -np.inf)
+
+
+def _penalize(rows: np.ndarray, history: np.ndarray, lengths: np.ndarray, repetition: float, frequency: float,
+              presence: float, last_n: int) -> None:
+    """The penalties of :func:`apply_penalties` on float64 rows (B, V), in place."""
+    for b, length in enumerate(lengths):
+        start = 0 if last_n == -1 else max(length - last_n, 0)
+        tokens, counts = np.unique(history[b, start:length], return_counts=True)
+        z = rows[b, tokens]
+        z = np.where(z <= 0, z * repetition, z / repetition)
+        rows[b, tokens] = z - (counts * frequency + presence)
+
+
+def apply_penalties(logits: np.ndarray, history, lengths, repetition_penalty: float = 1.0,
+                    frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                    penalty_last_n: int = 64) -> np.ndarray:
+    """llama.cpp's repetition, frequency and presence penalties, as a new float64 array.
+
+    Over the last ``penalty_last_n`` tokens of each row's history (-1: all of it, 0: none), every distinct
+    token t, seen c times there, gets ``z * repetition_penalty if z <= 0 else z / repetition_penalty`` (once,
+    whatever c), then ``- (c * frequency_penalty + presence_penalty)``. ``logits`` (V,) with ``history`` (H,)
+    and ``lengths`` a number, or (B, V) with (B, H) and (B,): row b's tokens are ``history[b, :lengths[b]]``;
+    ``lengths`` None means whole rows, ``history`` None no change.
+    """
+    logits = check_logits(logits)
+    penalties = check_penalties(repetition_penalty, frequency_penalty, presence_penalty, penalty_last_n)
+    history, lengths = check_history(history, lengths, logits.shape, penalties[-1])
+    rows = np.atleast_2d(logits).astype(np.float64)
+    if history is not None:
+        _penalize(rows, history, lengths, *penalties)
+    return rows.reshape(logits.shape)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(softmax(x)) = (x - max) - log(sum(exp(x - max))), without forming the probabilities."""
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+class Sampler(SamplerSettings):
+    """:class:`fastlm.Sampler`'s chain, written out step by step in float64 (see it for the settings):
+
+    logit bias -> penalties -> (greedy: argmax) -> temperature -> top-k -> top-p -> min-p -> softmax ->
+    inverse-CDF draw with each row's uniform; log-probabilities from the log-softmax of the raw logits.
+    """
+
+    def __call__(self, logits, uniforms, history=None, lengths=None) -> SampleResult:
+        logits, uniforms, history, lengths = self.check_inputs(logits, uniforms, history, lengths)
+        raw = logits.astype(np.float64)
+        adjusted = raw.copy()
+        adjusted[:, self._bias_ids] += self._bias_values
+        if history is not None and self.needs_history:
+            _penalize(adjusted, history, lengths, self.repetition_penalty, self.frequency_penalty,
+                      self.presence_penalty, self.penalty_last_n)
+        valid = np.isfinite(adjusted.max(axis=-1))        # NaN, +inf and all -inf rows are not
+        if not valid.all():
+            raise self.no_logits_left(np.flatnonzero(~valid)[0])
+        if self.is_greedy:
+            tokens = np.argmax(adjusted, axis=-1)
+        else:
+            filtered = temperature_scale(adjusted, self.temperature)
+            filtered = top_p_filter(top_k_filter(filtered, self.top_k), self.top_p)
+            filtered = min_p_filter(filtered, self.min_p)
+            tokens = sample_from_uniforms(softmax(filtered, axis=-1), uniforms)
+        result = SampleResult(tokens.astype(np.int64))
+        if self.logprobs:
+            logprobs = log_softmax(raw)
+            result.logprobs = logprobs[np.arange(len(tokens)), tokens]
+            if self.top_logprobs:
+                order = np.argsort(-logprobs, axis=-1, kind="stable")[:, :self.top_logprobs]  # ties: lower id 1st
+                result.top_ids, result.top_logprobs = order, np.take_along_axis(logprobs, order, axis=-1)
+        return result

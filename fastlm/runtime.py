@@ -1,4 +1,4 @@
-"""One setting for fastlm's threads.
+"""Process-wide settings of the compiled kernels: the thread count and the SIMD switch.
 
 fastlm runs everything on one OpenMP thread pool: its kernels, and its BLAS projections, which it splits
 across those threads itself, each calling BLAS single-threaded. A second pool (OpenBLAS's own threads)
@@ -12,6 +12,7 @@ import os
 
 from threadpoolctl import threadpool_limits
 
+from . import _attention, _sampling
 from .errors import FastLMValueError
 from .validation import check_int
 
@@ -39,3 +40,15 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The thread count set by :func:`set_num_threads` (or taken from the environment at import)."""
     return _num_threads
+
+
+def set_simd(enabled: bool) -> None:
+    """Run the kernels' AVX2/FMA paths (True: the default where the CPU has them) or their portable
+    fallbacks (False). ``FASTLM_SIMD=0`` in the environment turns them off at import."""
+    for kernels in (_attention, _sampling):
+        kernels.set_simd(bool(enabled))
+
+
+def simd_enabled() -> bool:
+    """True when the AVX2/FMA paths run."""
+    return _attention.simd_enabled() and _sampling.simd_enabled()

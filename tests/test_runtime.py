@@ -1,4 +1,4 @@
-"""One thread setting for the whole library; results do not depend on it."""
+"""Process-wide settings: one thread count for the whole library, and the SIMD switch."""
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
@@ -38,10 +38,20 @@ def test_bad_thread_counts_raise(restore_threads, bad, error):
 
 
 def test_environment_sets_the_default(monkeypatch):
-    from fastlm.threads import _default_threads
+    from fastlm.runtime import _default_threads
     monkeypatch.setenv("FASTLM_NUM_THREADS", "3")
     assert _default_threads() == 3
     for bad in ("0", "two"):
         monkeypatch.setenv("FASTLM_NUM_THREADS", bad)
         with pytest.raises(ValueError, match="FASTLM_NUM_THREADS"):
             _default_threads()
+
+
+def test_simd_switch_covers_every_simd_kernel():
+    before = fastlm.simd_enabled()
+    try:
+        fastlm.set_simd(False)
+        assert not fastlm.simd_enabled()
+        assert not fastlm._attention.simd_enabled() and not fastlm._sampling.simd_enabled()
+    finally:
+        fastlm.set_simd(before)

@@ -1,0 +1,336 @@
+"""GGUF files: a bounds-checked reader and the loader of Llama-family weights.
+
+The format (versions 2 and 3, little-endian)::
+
+    magic b"GGUF" | uint32 version | uint64 tensor_count | uint64 kv_count
+    kv_count x      (string key, uint32 value type, value)
+    tensor_count x  (string name, uint32 n_dims, uint64 ne[n_dims], uint32 ggml type, uint64 offset)
+    padding to general.alignment (default 32) | data section (tensor offsets are relative to its start)
+
+A string is a uint64 length and UTF-8 bytes; an array is a uint32 item type, a uint64 count and the items.
+``ne[0]`` is the fastest axis, so a tensor with ne = [in, out] is a row-major (out, in) array.
+
+The file is memory-mapped, never read whole. The header is parsed here rather than by the ``gguf`` package
+because every count, length and offset in it must be checked against the bytes actually in the file before
+anything is allocated or read: a corrupt header raises :class:`~fastlm.errors.ModelFormatError` instead of
+allocating without bound. Tensors are decoded one at a time straight from the map into their output arrays.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
+from ..reference import parameter_shapes
+from .quant import BLOCK_SIZES, GGMLType, dequantize
+
+__all__ = ["GGUFFile", "TensorInfo", "load_gguf", "ARCHITECTURES"]
+
+MAGIC = b"GGUF"
+VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4                # GGML_MAX_DIMS
+MAX_ARRAY_NESTING = 4       # arrays of arrays are legal; deeper nesting is only ever an attack or corruption
+
+# Architectures whose files hold fastlm's model under llama's tensor names and ``llama.*``-style keys.
+# (Mistral, TinyLlama, SmolLM and Llama 1-3 files all say "llama".)
+ARCHITECTURES = ("llama",)
+
+# ggml type names, by id, for messages about types fastlm does not decode.
+_GGML_TYPE_NAMES = ("F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+                    "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+                    "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16")
+
+# Value types: struct formats of the scalars; 8 is a string, 9 an array.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+            12: "<d"}
+_STRING, _ARRAY, _FLOAT32 = 8, 9, 6
+# The fewest bytes one item of each type can take: bounds a claimed count before reading any item.
+_MIN_ITEM_BYTES = {**{t: struct.calcsize(f) for t, f in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
+_MIN_KV_BYTES = 8 + 4 + 1            # empty key, type, a one-byte value
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # empty name, n_dims, one dim, type, offset
+
+
+def _type_name(qtype: int) -> str:
+    return _GGML_TYPE_NAMES[qtype] if qtype < len(_GGML_TYPE_NAMES) else f"type id {qtype}"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a GGUF file. ``shape`` is in numpy order (reversed ne: the row, ne[0], last);
+    ``offset`` is absolute in the file; ``nbytes`` is None for a type fastlm cannot decode."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: int
+    offset: int
+    nbytes: int | None
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.qtype)
+
+
+class GGUFFile:
+    """A parsed GGUF header over a read-only memory map of the file.
+
+    ``metadata`` holds every key-value pair as plain Python values (str, int, float, bool and lists of
+    them; strings that are not valid UTF-8 keep their bytes as surrogate escapes; float32 scalars are the
+    shortest decimal that rounds to the same float32, e.g. 1e-05). ``tensors`` maps names to
+    :class:`TensorInfo`. :meth:`tensor` decodes one tensor.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._map = _map_file(self.path, "GGUF")
+        self._pos = 0
+        self._parse()
+
+    def _fail(self, problem: str):
+        raise ModelFormatError(f"{self.path}: {problem}")
+
+    # -- bounds-checked reading ---------------------------------------------------------------------------
+
+    def _take(self, n: int, what: str) -> int:
+        """Claim the next ``n`` bytes; returns their offset."""
+        left = len(self._map) - self._pos
+        if n > left:
+            self._fail(f"truncated file: {what} needs {n} bytes at offset {self._pos}, only {left} left")
+        start = self._pos
+        self._pos += n
+        return start
+
+    def _scalar(self, fmt: str, what: str):
+        return struct.unpack_from(fmt, self._map, self._take(struct.calcsize(fmt), what))[0]
+
+    def _string(self, what: str) -> str:
+        n = self._scalar("<Q", f"the length of {what}")
+        start = self._take(n, f"{what} ({n} bytes)")
+        return self._map[start:start + n].decode("utf-8", "surrogateescape")
+
+    def _value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        if vtype in _SCALARS:
+            value = self._scalar(_SCALARS[vtype], what)
+            return float(str(np.float32(value))) if vtype == _FLOAT32 else value
+        if vtype == _STRING:
+            return self._string(what)
+        if vtype != _ARRAY:
+            self._fail(f"{what} has unknown value type {vtype}")
+        if depth == MAX_ARRAY_NESTING:
+            self._fail(f"{what} nests arrays deeper than {MAX_ARRAY_NESTING} levels")
+        item_type = self._scalar("<I", f"the item type of {what}")
+        count = self._scalar("<Q", f"the length of {what}")
+        if item_type not in _MIN_ITEM_BYTES:
+            self._fail(f"{what} is an array of unknown value type {item_type}")
+        if count * _MIN_ITEM_BYTES[item_type] > len(self._map) - self._pos:
+            self._fail(f"truncated or corrupt array: {what} claims {count} items, more than the "
+                       f"{len(self._map) - self._pos} bytes left in the file can hold")
+        if item_type in _SCALARS:
+            dtype = np.dtype(_SCALARS[item_type])
+            start = self._take(count * dtype.itemsize, what)
+            return np.frombuffer(self._map, dtype, count, start).tolist() if count else []
+        if item_type == _STRING:
+            return self._strings(count, what)
+        return [self._value(item_type, f"{what}[{i}]", depth + 1) for i in range(count)]
+
+    def _strings(self, count: int, what: str) -> list[str]:
+        """``count`` strings: :meth:`_string` unrolled, as vocabularies hold ~10^5 of them."""
+        m, pos, end, out = self._map, self._pos, len(self._map), []
+        for i in range(count):
+            n = struct.unpack_from("<Q", m, pos)[0] if end - pos >= 8 else None
+            if n is None or n > end - pos - 8:
+                self._pos = pos
+                self._fail(f"truncated file: {what}[{i}] runs past the end of the file at offset {pos}")
+            out.append(m[pos + 8:pos + 8 + n].decode("utf-8", "surrogateescape"))
+            pos += 8 + n
+        self._pos = pos
+        return out
+
+    # -- the header -----------------------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        magic = self._map[:4]
+        if not MAGIC.startswith(magic):
+            self._fail(f"not a GGUF file (starts with {magic!r}, expected {MAGIC!r})")
+        self._take(4, "the magic")
+        self.version = self._scalar("<I", "the version")
+        if self.version not in VERSIONS:
+            if self.version.to_bytes(4, "little")[::-1] in (v.to_bytes(4, "little") for v in VERSIONS):
+                self._fail("big-endian GGUF files are not supported")
+            self._fail(f"unsupported GGUF version {self.version} (fastlm reads versions {VERSIONS})")
+        tensor_count = self._scalar("<Q", "the tensor count")
+        kv_count = self._scalar("<Q", "the key-value count")
+        left = len(self._map) - self._pos
+        if tensor_count * _MIN_TENSOR_INFO_BYTES + kv_count * _MIN_KV_BYTES > left:
+            self._fail(f"truncated or corrupt header: it claims {tensor_count} tensors and {kv_count} key-value "
+                       f"pairs, more than the remaining {left} bytes of the file can hold")
+
+        self.metadata: dict[str, Any] = {}
+        for i in range(kv_count):
+            key = self._string(f"key #{i}")
+            if key in self.metadata:
+                self._fail(f"duplicate metadata key {key!r}")
+            vtype = self._scalar("<I", f"the type of {key!r}")
+            self.metadata[key] = self._value(vtype, repr(key))
+
+        self.alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if (isinstance(self.alignment, bool) or not isinstance(self.alignment, int) or self.alignment < 1
+                or self.alignment & (self.alignment - 1)):
+            self._fail(f"general.alignment must be a power of two, got {self.alignment!r}")
+
+        infos = [self._tensor_info(i) for i in range(tensor_count)]
+        self.data_offset = -(-self._pos // self.alignment) * self.alignment
+        data_size = len(self._map) - self.data_offset
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, shape, qtype, offset in infos:
+            if name in self.tensors:
+                self._fail(f"duplicate tensor {name!r}")
+            if offset % self.alignment:
+                self._fail(f"tensor {name!r} starts at data offset {offset}, not a multiple of the alignment "
+                           f"{self.alignment}")
+            nbytes = None
+            if qtype in BLOCK_SIZES:
+                block_elements, block_bytes = BLOCK_SIZES[GGMLType(qtype)]
+                if shape[-1] % block_elements:
+                    self._fail(f"tensor {name!r} of type {_type_name(qtype)} has rows of {shape[-1]} elements, "
+                               f"not whole {block_elements}-element blocks")
+                nbytes = prod(shape) // block_elements * block_bytes
+                if offset + nbytes > data_size:
+                    self._fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) lies outside the "
+                               f"file: the data section holds {max(data_size, 0)} bytes")
+            self.tensors[name] = TensorInfo(name, shape, qtype, self.data_offset + offset, nbytes)
+
+    def _tensor_info(self, i: int) -> tuple[str, tuple[int, ...], int, int]:
+        name = self._string(f"the name of tensor #{i}")
+        n_dims = self._scalar("<I", f"the rank of tensor {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            self._fail(f"tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
+        ne = [self._scalar("<Q", f"the shape of tensor {name!r}") for _ in range(n_dims)]
+        if 0 in ne:
+            self._fail(f"tensor {name!r} has an empty dimension: ne = {ne}")
+        qtype = self._scalar("<I", f"the type of tensor {name!r}")
+        offset = self._scalar("<Q", f"the offset of tensor {name!r}")
+        return name, tuple(reversed(ne)), qtype, offset
+
+    # -- tensors ----------------------------------------------------------------------------------------
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        """Tensor ``name`` decoded to ``dtype`` (float32 F32 data: a read-only view of the map)."""
+        info = self.tensors.get(name)
+        if info is None:
+            self._fail(f"no tensor {name!r}")
+        if info.nbytes is None:
+            self._fail(f"tensor {name!r} has unsupported type {info.type_name}; fastlm reads "
+                       f"{', '.join(t.name for t in GGMLType)}")
+        raw = np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
+        return dequantize(raw, info.qtype, info.shape, dtype)
+
+
+def _map_file(path: Path, kind: str) -> mmap.mmap:
+    """A read-only map of ``path``; every way of failing becomes a ModelFormatError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise ModelFormatError(f"{path}: empty file, not a {kind} file")
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFormatError(f"{path}: is a directory, not a {kind} file") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+_REQUIRED = object()
+
+
+def _config(gguf: GGUFFile) -> ModelConfig:
+    """The ModelConfig that a llama-architecture file describes; anything fastlm cannot run raises."""
+    meta = gguf.metadata
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        gguf._fail(f"unsupported architecture {arch!r} (general.architecture); fastlm runs "
+                   f"{', '.join(ARCHITECTURES)}")
+
+    def get(key: str, kind: type, default=_REQUIRED):
+        full = f"{arch}.{key}"
+        value = meta.get(full, default)
+        if value is _REQUIRED:
+            gguf._fail(f"missing metadata key {full!r}")
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if isinstance(value, bool) or not ok:
+            gguf._fail(f"metadata key {full!r} must be a{'n integer' if kind is int else ' number'}, "
+                       f"got {value!r}")
+        return value
+
+    token_embd = gguf.tensors.get("token_embd.weight")
+    if token_embd is None or len(token_embd.shape) != 2:
+        gguf._fail("missing tensor 'token_embd.weight' (the (vocab, d_model) token embedding)")
+    try:
+        config = ModelConfig(
+            vocab_size=token_embd.shape[0],
+            d_model=get("embedding_length", int),
+            num_layers=get("block_count", int),
+            num_heads=get("attention.head_count", int),
+            num_kv_heads=get("attention.head_count_kv", int, meta.get(f"{arch}.attention.head_count")),
+            d_ff=get("feed_forward_length", int),
+            max_seq_len=get("context_length", int),
+            tie_weights="output.weight" not in gguf.tensors,
+            rope_theta=float(get("rope.freq_base", float, 10000.0)),
+            norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+        )
+    except FastLMValueError as e:
+        gguf._fail(f"inconsistent model shape: {e}")
+
+    # Variants with llama's names but other arithmetic: refuse them rather than compute something else.
+    if get("expert_count", int, 0):
+        gguf._fail("mixture-of-experts models are not supported")
+    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+        if get(key, int, config.head_dim) != config.head_dim:
+            gguf._fail(f"{arch}.{key} = {meta[f'{arch}.{key}']} differs from head_dim {config.head_dim}; "
+                       f"fastlm rotates and attends over whole heads")
+    if meta.get(f"{arch}.rope.scaling.type", "none") != "none" or "rope_freqs.weight" in gguf.tensors:
+        gguf._fail("RoPE scaling is not supported")
+    return config
+
+
+def load_gguf(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Any]]:
+    """Load a Llama-family GGUF file: ``(config, params, metadata)``.
+
+    ``params`` uses fastlm's names (GGUF's without ``.weight``) and shapes (:func:`fastlm.reference.
+    parameter_shapes`), decoded to ``dtype``; F32 tensors loaded as float32 are read-only views of the
+    memory-mapped file. Q/K rows stay as stored: llama.cpp's converter already laid them out for
+    interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value pair of the file (see
+    :class:`GGUFFile`), tokenizer keys included. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise FastLMTypeError(f"dtype must be float32 or float64, got {dtype}")
+    gguf = GGUFFile(path)
+    config = _config(gguf)
+    shapes = parameter_shapes(config)
+    unexpected = sorted(set(gguf.tensors) - {f"{name}.weight" for name in shapes})
+    if unexpected:
+        gguf._fail(f"unexpected tensors for a {config.num_layers}-layer llama model: {unexpected[:8]}")
+    # Check every tensor before decoding any, so a bad file fails fast.
+    for name, shape in shapes.items():
+        info = gguf.tensors.get(f"{name}.weight")
+        if info is None:
+            gguf._fail(f"missing tensor '{name}.weight' (expected shape {shape})")
+        if info.shape != shape:
+            gguf._fail(f"tensor '{name}.weight' has shape {info.shape}, expected {shape}")
+        if info.nbytes is None:
+            gguf._fail(f"tensor '{name}.weight' has unsupported type {info.type_name}; fastlm reads "
+                       f"{', '.join(t.name for t in GGMLType)}")
+    params = {name: gguf.tensor(f"{name}.weight", dtype) for name in shapes}
+    return config, params, gguf.metadata
