@@ -25,13 +25,12 @@ def rmsnorm(const floating[:, ::1] x, const floating[::1] weight, double eps, fl
     if weight.shape[0] != d or out.shape[0] != N or out.shape[1] != d:
         raise ValueError(f"rmsnorm: x {_dims(x.shape, 2)}, weight ({weight.shape[0]},), "
                          f"out {_dims(out.shape, 2)} do not match")
-    if N * d >= PARALLEL_MIN:
-        for t in prange(N, nogil=True, schedule="static"):
-            _rmsnorm_row(&x[t, 0], &weight[0], eps, &out[t, 0], d)
-    else:
-        with nogil:
-            for t in range(N):
-                _rmsnorm_row(&x[t, 0], &weight[0], eps, &out[t, 0], d)
+    # Raw pointers: indexing memoryviews inside prange would put bounds-check exits in the parallel block.
+    cdef const floating* xp = &x[0, 0]
+    cdef const floating* wp = &weight[0]
+    cdef floating* op = &out[0, 0]
+    for t in prange(N, nogil=True, schedule="static", num_threads=1 if N * d < PARALLEL_MIN else 0):
+        _rmsnorm_row(xp + t * d, wp, eps, op + t * d, d)
 
 
 cdef inline void _rmsnorm_row(const floating* x, const floating* w, double eps, floating* out,
@@ -68,18 +67,28 @@ def rope_qkv(const floating[:, :, ::1] qkv, const floating[:, ::1] cos, const fl
         if start_pos[b] < 0 or start_pos[b] + L > min(T, cos.shape[0]):
             raise ValueError(f"rope_qkv: start_pos[{b}] = {start_pos[b]} with L = {L} does not fit "
                              f"the cache ({T}) and RoPE table ({cos.shape[0]}) lengths")
-    cdef Py_ssize_t n = B * L, t, i, head, pos
+    cdef Py_ssize_t n = B * L, width = qkv.shape[2], t, i, head, pos
+    # Raw pointers: indexing memoryviews inside prange would put bounds-check exits in the parallel block.
+    cdef const floating* qkv_p = &qkv[0, 0, 0]
+    cdef const floating* cos_p = &cos[0, 0]
+    cdef const floating* sin_p = &sin[0, 0]
+    cdef const int64_t* start_p = &start_pos[0]
+    cdef floating* q_p = &q_out[0, 0, 0, 0]
+    cdef floating* k_p = &k_cache[0, 0, 0, 0]
+    cdef floating* v_p = &v_cache[0, 0, 0, 0]
     cdef const floating* row
-    for t in prange(n, nogil=True, schedule="static", num_threads=1 if n * qkv.shape[2] < PARALLEL_MIN else 0):
+    cdef Py_ssize_t cache_row
+    for t in prange(n, nogil=True, schedule="static", num_threads=1 if n * width < PARALLEL_MIN else 0):
         b = t // L
         i = t % L
-        pos = start_pos[b] + i
-        row = &qkv[b, i, 0]
+        pos = start_p[b] + i
+        row = qkv_p + t * width
         for head in range(h):
-            _rotate(row + head * dk, &cos[pos, 0], &sin[pos, 0], &q_out[b, i, head, 0], half)
+            _rotate(row + head * dk, cos_p + pos * half, sin_p + pos * half, q_p + (t * h + head) * dk, half)
         for head in range(hkv):
-            _rotate(row + (h + head) * dk, &cos[pos, 0], &sin[pos, 0], &k_cache[b, head, pos, 0], half)
-            memcpy(&v_cache[b, head, pos, 0], row + (h + hkv + head) * dk, dk * sizeof(floating))
+            cache_row = ((b * hkv + head) * T + pos) * dk          # k_cache[b, head, pos, :]
+            _rotate(row + (h + head) * dk, cos_p + pos * half, sin_p + pos * half, k_p + cache_row, half)
+            memcpy(v_p + cache_row, row + (h + hkv + head) * dk, dk * sizeof(floating))
 
 
 cdef inline void _rotate(const floating* x, const floating* cos, const floating* sin, floating* out,
@@ -98,8 +107,10 @@ def swiglu(const floating[:, ::1] gate_up, floating[:, ::1] out):
     cdef Py_ssize_t N = out.shape[0], f = out.shape[1], t, j
     if gate_up.shape[0] != N or gate_up.shape[1] != 2 * f:
         raise ValueError(f"swiglu: gate_up {_dims(gate_up.shape, 2)} must be (N, 2f) for out {_dims(out.shape, 2)}")
+    cdef const floating* gu = &gate_up[0, 0]
+    cdef floating* op = &out[0, 0]
     for t in prange(N, nogil=True, schedule="static", num_threads=1 if N * f < PARALLEL_MIN else 0):
-        _swiglu_row(&gate_up[t, 0], &gate_up[t, f], &out[t, 0], f)
+        _swiglu_row(gu + 2 * f * t, gu + 2 * f * t + f, op + f * t, f)
 
 
 cdef inline void _swiglu_row(const floating* gate, const floating* up, floating* out, Py_ssize_t f) noexcept nogil:

@@ -38,9 +38,13 @@ def linear(const floating[:, ::1] x, const floating[:, ::1] w, floating[:, ::1] 
     cdef int per = (m + threads - 1) // threads
     per = (per + SLICE_ALIGN - 1) // SLICE_ALIGN * SLICE_ALIGN
     cdef int slices = (m + per - 1) // per, s, lo
+    # Raw pointers: indexing memoryviews inside prange would put bounds-check exits in the parallel block.
+    cdef const floating* xp = &x[0, 0]
+    cdef const floating* wp = &w[0, 0]
+    cdef floating* op = &out[0, 0]
     for s in prange(slices, nogil=True, num_threads=slices, schedule="static"):
         lo = s * per
-        _gemm_slice(&x[0, 0], &w[lo, 0], &out[0, lo], n, k, min(per, m - lo), m, <floating>beta)
+        _gemm_slice(xp, wp + <Py_ssize_t>lo * k, op + lo, n, k, min(per, m - lo), m, <floating>beta)
 
 
 cdef inline void _gemm_slice(const floating* x, const floating* w, floating* out, int n, int k, int rows,

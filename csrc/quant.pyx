@@ -19,7 +19,7 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
 
-    /* IEEE half -> single, exact for every input (subnormals, infinities, NaN payloads): the branch-free
+    /* IEEE half -> single, exact for every finite value and infinity (NaN stays NaN): the branch-free
        conversion of the FP16 library that ggml's portable path also uses. */
     static inline float fastlm_bits_to_f32(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
     static inline uint32_t fastlm_f32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }

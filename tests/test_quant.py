@@ -1,8 +1,7 @@
 """Dequantization kernels against the gguf package's NumPy dequantizers (ggml's reference), bit for bit."""
+import gguf
 import numpy as np
 import pytest
-
-gguf = pytest.importorskip("gguf")
 
 from fastlm import _quant
 from fastlm.errors import FastLMTypeError, ModelFormatError

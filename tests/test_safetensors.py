@@ -4,8 +4,7 @@ import struct
 
 import numpy as np
 import pytest
-
-st = pytest.importorskip("safetensors.numpy")
+import safetensors.numpy as st
 
 import fastlm
 from fastlm import ModelConfig, reference

@@ -11,12 +11,8 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from fastlm.errors import FastLMError, FastLMTypeError, FastLMValueError, ModelFormatError
 from fastlm.tokenizer import Tokenizer
-from fastlm.weights.hub import fetch_default_model
 
-GOLDEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "golden" / "smollm2-135m-instruct-q4_1.hf.json"
-GOLDEN = (json.loads(GOLDEN_FILE.read_text(encoding="utf-8")) if GOLDEN_FILE.is_file()
-          else {"tokenizer": [], "chats": []})
-needs_golden = pytest.mark.skipif(not GOLDEN_FILE.is_file(), reason=f"golden file {GOLDEN_FILE} not found")
+from conftest import GOLDEN
 
 # Strings whose tokens split multi-byte characters, or that stress whitespace and digits.
 EXTRA_TEXTS = [
@@ -26,88 +22,59 @@ EXTRA_TEXTS = [
 
 
 # ------------------------------------------------------------------------------------------------ real model
-@pytest.fixture(scope="session")
-def smollm2_gguf_path() -> Path:
-    """SmolLM2-135M-Instruct Q4_1, fetched once into $FASTLM_CACHE (default ~/.cache/fastlm)."""
-    try:
-        return fetch_default_model()
-    except FastLMError as err:
-        pytest.skip(str(err))
-
-
-def read_gguf_metadata(path: Path) -> dict:
-    """GGUF key/values as plain Python (str, int, float, bool, lists), read with the gguf package."""
-    gguf = pytest.importorskip("gguf")
-    reader = gguf.GGUFReader(path)
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
-
-
-@pytest.fixture(scope="session")
-def smollm2_metadata(smollm2_gguf_path) -> dict:
-    return read_gguf_metadata(smollm2_gguf_path)
-
-
-@pytest.fixture(scope="session")
-def smollm2(smollm2_metadata) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(smollm2_metadata)
-
-
 def stream(tokenizer, ids, **kwargs) -> list[str]:
     decoder = tokenizer.decoder(**kwargs)
     return [decoder.push(i) for i in ids] + [decoder.flush()]
 
 
-@needs_golden
 @pytest.mark.parametrize("case", GOLDEN["tokenizer"], ids=lambda c: repr(c["text"])[:24])
-def test_golden_encode_decode(smollm2, case):
-    assert smollm2.encode(case["text"]) == case["ids"]
-    assert smollm2.decode(case["ids"]) == case["decoded"]
+def test_golden_encode_decode(smollm2_tokenizer, case):
+    assert smollm2_tokenizer.encode(case["text"]) == case["ids"]
+    assert smollm2_tokenizer.decode(case["ids"]) == case["decoded"]
 
 
-@needs_golden
 @pytest.mark.parametrize("case", GOLDEN["tokenizer"], ids=lambda c: repr(c["text"])[:24])
-def test_golden_stream(smollm2, case):
-    chunks = stream(smollm2, case["ids"])
+def test_golden_stream(smollm2_tokenizer, case):
+    chunks = stream(smollm2_tokenizer, case["ids"])
     assert "".join(chunks) == case["decoded"]
     assert not any("\ufffd" in c for c in chunks)
 
 
-@needs_golden
 @pytest.mark.parametrize("chat", GOLDEN["chats"], ids=lambda c: c["messages"][-1]["content"][:24])
-def test_golden_chat(smollm2, chat):
-    rendered = smollm2.apply_chat_template(chat["messages"], add_generation_prompt=True)
+def test_golden_chat(smollm2_tokenizer, chat):
+    rendered = smollm2_tokenizer.apply_chat_template(chat["messages"], add_generation_prompt=True)
     assert rendered == chat["rendered"]
-    assert smollm2.encode(rendered) == chat["ids"]
-    assert smollm2.encode(rendered, add_special_tokens=True) == chat["ids"]  # SmolLM2 adds no BOS
-    assert "".join(stream(smollm2, chat["ids"])) == rendered
+    assert smollm2_tokenizer.encode(rendered) == chat["ids"]
+    assert smollm2_tokenizer.encode(rendered, add_special_tokens=True) == chat["ids"]  # SmolLM2 adds no BOS
+    assert "".join(stream(smollm2_tokenizer, chat["ids"])) == rendered
 
 
-def test_smollm2_special_tokens(smollm2):
-    assert smollm2.vocab_size == 49152
-    assert (smollm2.bos_token_id, smollm2.eos_token_id) == (1, 2)
-    assert smollm2.eos_token_ids == {0, 2}  # <|im_end|> and <|endoftext|>
-    ids = smollm2.encode("<|im_start|>assistant\nHi.<|im_end|>")
+def test_smollm2_special_tokens(smollm2_tokenizer):
+    assert smollm2_tokenizer.vocab_size == 49152
+    assert (smollm2_tokenizer.bos_token_id, smollm2_tokenizer.eos_token_id) == (1, 2)
+    assert smollm2_tokenizer.eos_token_ids == {0, 2}  # <|im_end|> and <|endoftext|>
+    ids = smollm2_tokenizer.encode("<|im_start|>assistant\nHi.<|im_end|>")
     assert ids[0] == 1 and ids[-1] == 2
-    assert smollm2.decode(ids, skip_special_tokens=True) == "assistant\nHi."
-    assert "".join(stream(smollm2, ids, skip_special_tokens=True)) == "assistant\nHi."
+    assert smollm2_tokenizer.decode(ids, skip_special_tokens=True) == "assistant\nHi."
+    assert "".join(stream(smollm2_tokenizer, ids, skip_special_tokens=True)) == "assistant\nHi."
 
 
 @pytest.mark.parametrize("text", EXTRA_TEXTS)
-def test_smollm2_round_trip_and_stream(smollm2, text):
-    ids = smollm2.encode(text)
-    assert smollm2.decode(ids) == text
-    chunks = stream(smollm2, ids)
+def test_smollm2_round_trip_and_stream(smollm2_tokenizer, text):
+    ids = smollm2_tokenizer.encode(text)
+    assert smollm2_tokenizer.decode(ids) == text
+    chunks = stream(smollm2_tokenizer, ids)
     assert "".join(chunks) == text
     assert not any("\ufffd" in c for c in chunks)
 
 
-def test_smollm2_stream_holds_back_split_characters(smollm2):
-    ids = smollm2.encode("🙂")
+def test_smollm2_stream_holds_back_split_characters(smollm2_tokenizer):
+    ids = smollm2_tokenizer.encode("🙂")
     assert len(ids) > 1  # one character, several byte-level tokens
-    assert stream(smollm2, ids)[:-1] == [""] * (len(ids) - 1) + ["🙂"]
+    assert stream(smollm2_tokenizer, ids)[:-1] == [""] * (len(ids) - 1) + ["🙂"]
 
 
-def test_smollm_pre_tokenizer_matches_the_model_tokenizer_json(smollm2, smollm2_metadata):
+def test_smollm_pre_tokenizer_matches_the_model_tokenizer_json(smollm2_tokenizer, smollm2_metadata):
     """SmolLM2's tokenizer.json splits with Digits(individual_digits) then the GPT-2 byte-level regex."""
     md = smollm2_metadata
     vocab = {t: i for i, t in enumerate(md["tokenizer.ggml.tokens"])}
@@ -118,10 +85,10 @@ def test_smollm_pre_tokenizer_matches_the_model_tokenizer_json(smollm2, smollm2_
     texts = [*EXTRA_TEXTS, *(c["text"] for c in GOLDEN["tokenizer"] if "<|" not in c["text"]),
              "1.\n\n  2. 3\t4  56 \u0663\u0664 x\u00b2 ½"]
     for text in texts:
-        assert smollm2.encode(text) == own.encode(text).ids, text
+        assert smollm2_tokenizer.encode(text) == own.encode(text).ids, text
     # Hugging Face's GGUF conversion drops the Digits step, which changes whitespace before digits.
     own.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    assert smollm2.encode("\n\n  1.") != own.encode("\n\n  1.").ids
+    assert smollm2_tokenizer.encode("\n\n  1.") != own.encode("\n\n  1.").ids
 
 
 # ------------------------------------------------------------------------------- synthetic byte-level GGUF

@@ -78,6 +78,10 @@ class TensorInfo:
     def type_name(self) -> str:
         return _type_name(self.qtype)
 
+    def unsupported(self) -> str:
+        return (f"tensor {self.name!r} has unsupported type {self.type_name}; fastlm reads "
+                f"{', '.join(t.name for t in GGMLType)}")
+
 
 class GGUFFile:
     """A parsed GGUF header over a read-only memory map of the file.
@@ -228,8 +232,7 @@ class GGUFFile:
         if info is None:
             self._fail(f"no tensor {name!r}")
         if info.nbytes is None:
-            self._fail(f"tensor {name!r} has unsupported type {info.type_name}; fastlm reads "
-                       f"{', '.join(t.name for t in GGMLType)}")
+            self._fail(info.unsupported())
         raw = np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
         return dequantize(raw, info.qtype, info.shape, dtype)
 
@@ -330,7 +333,6 @@ def load_gguf(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.ndarray
         if info.shape != shape:
             gguf._fail(f"tensor '{name}.weight' has shape {info.shape}, expected {shape}")
         if info.nbytes is None:
-            gguf._fail(f"tensor '{name}.weight' has unsupported type {info.type_name}; fastlm reads "
-                       f"{', '.join(t.name for t in GGMLType)}")
+            gguf._fail(info.unsupported())
     params = {name: gguf.tensor(f"{name}.weight", dtype) for name in shapes}
     return config, params, gguf.metadata

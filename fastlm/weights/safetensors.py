@@ -110,10 +110,13 @@ def _config(cfg: Any, path: Path) -> ModelConfig:
     if cfg.get("model_type") != "llama":
         fail(f"unsupported architecture: model_type {cfg.get('model_type')!r} "
              f"({cfg.get('architectures')}); fastlm runs llama (LlamaForCausalLM)")
-    rope = cfg.get("rope_parameters") or {}      # newer transformers keep rope_theta in here
-    rope_type = rope.get("rope_type", (cfg.get("rope_scaling") or {}).get("rope_type", "default"))
-    if rope_type != "default" or (cfg.get("rope_scaling") or {}).get("type", "default") != "default":
-        fail(f"RoPE scaling ({cfg.get('rope_scaling') or rope}) is not supported")
+    scaling = cfg.get("rope_scaling") or {}
+    rope = cfg.get("rope_parameters") or {}      # newer transformers keep rope_theta and rope_type here
+    if not isinstance(scaling, dict) or not isinstance(rope, dict):
+        fail("rope_scaling and rope_parameters must be JSON objects")
+    if {scaling.get("rope_type", "default"), scaling.get("type", "default"), rope.get("rope_type", "default")} \
+            != {"default"}:
+        fail(f"RoPE scaling ({scaling or rope}) is not supported")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         fail("attention or MLP biases are not supported")
     if cfg.get("hidden_act", "silu") != "silu":
