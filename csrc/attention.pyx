@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from fastlm.errors import FastLMTypeError, FastLMValueError
+from fastlm.validation import check_int
 
 ctypedef fused floating:
     float
@@ -59,9 +60,12 @@ cdef double LOG2E = 1.4426950408889634
 cdef int TARGET_ROWS = 64          # query rows per tile (positions x group heads): reuse of each K/V tile
 cdef int ITEMS_PER_THREAD = 4      # below this many work items per thread, split the key range
 cdef int MIN_SPLIT_KEYS = 256      # ...but never into pieces shorter than this
+cdef int ALIGN_SLACK = 16          # scratch elements spent rounding its start up to 64 bytes (8 would do for
+                                   # float64; one count keeps scratch_size independent of the dtype)
 
 cdef bint _cpu_simd = attn_cpu_has_avx2_fma()
 cdef bint _simd = _cpu_simd and os.environ.get("FASTLM_SIMD", "1") != "0"
+cdef Py_ssize_t _allocations = 0   # calls that allocated their own scratch (scratch=None)
 
 
 def set_simd(bint enabled):
@@ -73,6 +77,18 @@ def set_simd(bint enabled):
 def simd_enabled():
     """True when attention runs the AVX2/FMA kernels."""
     return bool(_simd)
+
+
+def allocations():
+    """How many attention() calls have allocated their own scratch (no ``scratch`` given) in this process: a
+    debug counter, for tests that check a decode loop allocates nothing."""
+    return _allocations
+
+
+def num_threads():
+    """The thread count attention() plans for now (OpenMP's maximum for the calling thread), the
+    ``num_threads`` of scratch_size."""
+    return openmp.omp_get_max_threads()
 
 
 def query_tile(num_heads, num_kv_heads):
@@ -98,6 +114,68 @@ def scratch_elements(L, num_heads, num_kv_heads, head_dim):
     M = Tq * (num_heads // num_kv_heads) rows."""
     m = max(1, min(query_tile(num_heads, num_kv_heads), L)) * (num_heads // num_kv_heads)
     return _per_thread(m, head_dim)
+
+
+cdef struct Plan:
+    int tq                 # query positions per tile
+    int m_max              # rows per tile: tq * group
+    int n_qt               # query tiles per row
+    int nsplit             # pieces each work item's key range is split into
+    int nthreads           # threads that run
+    Py_ssize_t n_base      # work items before splitting: rows x KV heads x query tiles
+    Py_ssize_t n_items     # work items: n_base * nsplit
+    Py_ssize_t n_parts     # split partials (0 without splitting)
+    Py_ssize_t per_thread  # scratch of one thread, as _per_thread
+    Py_ssize_t elements    # all the scratch: the slack, the threads' tiles, the partials (M dk + 2 M each)
+
+
+cdef Plan _plan(Py_ssize_t B, int L, int h, int hkv, int dk, int64_t keys, int threads) noexcept nogil:
+    """How a call over B x L queries spreads over `threads` threads, and its scratch. keys: the longest key
+    range of any row, start_pos + L; the split, so the scratch, grows with it."""
+    cdef Plan p
+    cdef int g = h // hkv
+    p.tq = max(1, min(max(1, TARGET_ROWS // g), L))
+    p.m_max = p.tq * g
+    p.n_qt = (L + p.tq - 1) // p.tq
+    p.n_base = B * hkv * p.n_qt
+    p.nsplit = 1
+    if 0 < p.n_base < ITEMS_PER_THREAD * threads:
+        p.nsplit = <int>max(1, min((ITEMS_PER_THREAD * threads + p.n_base - 1) // p.n_base,
+                                   keys // MIN_SPLIT_KEYS))
+    p.n_items = p.n_base * p.nsplit
+    p.nthreads = <int>min(<Py_ssize_t>threads, p.n_items)
+    p.n_parts = p.n_items if p.nsplit > 1 else 0
+    p.per_thread = _per_thread(p.m_max, dk)
+    p.elements = 0
+    if p.n_items:
+        p.elements = (ALIGN_SLACK + p.nthreads * p.per_thread
+                      + p.n_parts * (<Py_ssize_t>p.m_max * dk + 2 * p.m_max))
+    return p
+
+
+def scratch_size(B, L, num_heads, num_kv_heads, head_dim, T, num_threads):
+    """Elements of the ``scratch`` that attention() needs for q (B, L, num_heads, head_dim) against caches
+    of T positions on num_threads threads (num_threads()): the worst case over start_pos, whose largest
+    values split the key ranges most."""
+    for name, value, low in (("B", B, 0), ("L", L, 0), ("num_heads", num_heads, 1),
+                             ("num_kv_heads", num_kv_heads, 1), ("head_dim", head_dim, 1), ("T", T, 0),
+                             ("num_threads", num_threads, 1)):
+        check_int(name, value, low)
+    query_tile(num_heads, num_kv_heads)                       # a positive multiple
+    return _plan(B, L, num_heads, num_kv_heads, head_dim, T, num_threads).elements
+
+
+def max_scratch_size(tokens, num_heads, num_kv_heads, head_dim, T, num_threads):
+    """At least the scratch_size() of any call over B x L <= tokens queries: one scratch serves them all.
+
+    A call's need grows with its rows per query tile, at most those of min(tokens, Tq) positions, and
+    depends on its count of (row, query tile) pairs through the key split: a count of at most tokens, and
+    nothing is split from ITEMS_PER_THREAD x num_threads on. Calls over B rows of that one tile, for every
+    such count B, bound them all."""
+    check_int("tokens", tokens, 1)
+    L = min(tokens, query_tile(num_heads, num_kv_heads))
+    return max(scratch_size(B, L, num_heads, num_kv_heads, head_dim, T, num_threads)
+               for B in range(1, min(tokens, ITEMS_PER_THREAD * num_threads) + 1))
 
 
 cdef inline floating _exp2(floating x) noexcept nogil:
@@ -182,7 +260,7 @@ def _check_array(name, a, ndim, dtype=None):
         raise FastLMValueError(f"{name} must be C-contiguous (strides {a.strides} for shape {a.shape})")
 
 
-def attention(q, k_cache, v_cache, start_pos, out, double scale):
+def attention(q, k_cache, v_cache, start_pos, out, double scale, *, scratch=None):
     """Causal grouped-query attention over a KV cache, written into ``out``.
 
     q (B, L, h, dk): queries at absolute positions start_pos[b] + i, RoPE applied. k_cache, v_cache
@@ -191,6 +269,10 @@ def attention(q, k_cache, v_cache, start_pos, out, double scale):
     q itself. Query head j reads KV head j // (h // hkv); the query at position P sees keys 0..P. q, the
     caches and out share one dtype, float32 or float64, and are C-contiguous. ``scale`` multiplies the
     scores (1 / sqrt(dk)).
+
+    ``scratch``: working memory, a writeable 1-D C-contiguous array of q's dtype with at least
+    ``scratch_size(B, L, h, hkv, dk, T, num_threads())`` elements, overlapping no other argument; its
+    contents are overwritten. Without it each call allocates its own.
     """
     _check_array("q", q, 4)
     if q.dtype not in (np.float32, np.float64):
@@ -222,23 +304,38 @@ def attention(q, k_cache, v_cache, start_pos, out, double scale):
         raise FastLMValueError("out must be q itself or not overlap it")
     if not math.isfinite(scale):
         raise FastLMValueError(f"scale must be finite, got {scale}")
+    if scratch is not None:
+        _check_scratch(scratch, q, k_cache, v_cache, out)
     if q.dtype == np.float32:
-        _attention[float](q, k_cache, v_cache, start_pos, out, scale)
+        _attention[float](q, k_cache, v_cache, start_pos, out, scale, scratch)
     else:
-        _attention[double](q, k_cache, v_cache, start_pos, out, scale)
+        _attention[double](q, k_cache, v_cache, start_pos, out, scale, scratch)
+
+
+cdef int _check_scratch(scratch, q, k_cache, v_cache, out) except -1:
+    _check_array("scratch", scratch, 1, q.dtype)
+    B, L, h, dk = q.shape
+    need = _plan(B, L, h, k_cache.shape[1], dk, k_cache.shape[2], openmp.omp_get_max_threads()).elements
+    if scratch.shape[0] < need:
+        raise FastLMValueError(f"scratch holds {scratch.shape[0]} elements, fewer than the {need} of "
+                               f"scratch_size() for q {q.shape} and T = {k_cache.shape[2]} on "
+                               f"{openmp.omp_get_max_threads()} threads")
+    if not scratch.flags.writeable:
+        raise FastLMValueError("scratch must be writeable")
+    if (np.may_share_memory(scratch, q) or np.may_share_memory(scratch, k_cache)
+            or np.may_share_memory(scratch, v_cache) or np.may_share_memory(scratch, out)):
+        raise FastLMValueError("scratch must not overlap q, k_cache, v_cache or out")
+    return 0
 
 
 cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1] k_cache,
                     const floating[:, :, :, ::1] v_cache, const int64_t[::1] start_pos,
-                    floating[:, :, :, ::1] out, double scale) except -1:
+                    floating[:, :, :, ::1] out, double scale, floating[::1] scratch) except -1:
     """The kernel behind attention(), which has validated every argument but the range of start_pos."""
+    global _allocations
     cdef int B = q.shape[0], L = q.shape[1], h = q.shape[2], dk = q.shape[3]
     cdef int hkv = k_cache.shape[1], g = h // hkv
     cdef Py_ssize_t T = k_cache.shape[2]
-    cdef int tq = max(1, min(query_tile(h, hkv), L)), m_max = tq * g
-    cdef int n_qt = (L + tq - 1) // tq
-    cdef Py_ssize_t n_base = <Py_ssize_t>B * hkv * n_qt
-    cdef int nthreads = openmp.omp_get_max_threads()
     cdef int64_t lo = start_pos[0] if B else 0, hi = lo
     cdef int b
     for b in range(B):
@@ -249,22 +346,20 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
                                f"values from {lo} to {hi}")
     if B == 0 or L == 0:
         return 0
-    cdef int nsplit = 1
-    if n_base < ITEMS_PER_THREAD * nthreads:      # hi + L: the longest key range of any row
-        nsplit = max(1, min(<int>((ITEMS_PER_THREAD * nthreads + n_base - 1) // n_base),
-                            <int>((hi + L) // MIN_SPLIT_KEYS)))
-    cdef Py_ssize_t n_items = n_base * nsplit, per_qt = <Py_ssize_t>B * hkv * nsplit
-    nthreads = <int>min(<Py_ssize_t>nthreads, n_items)
+    cdef Plan p = _plan(B, L, h, hkv, dk, hi + L, openmp.omp_get_max_threads())   # hi + L: the longest keys
+    cdef int tq = p.tq, m_max = p.m_max, n_qt = p.n_qt, nsplit = p.nsplit, nthreads = p.nthreads
+    cdef Py_ssize_t n_base = p.n_base, n_items = p.n_items, per_thread = p.per_thread
+    cdef Py_ssize_t per_qt = <Py_ssize_t>B * hkv * nsplit
+    cdef Py_ssize_t o_len = <Py_ssize_t>m_max * dk, ml_len = 2 * m_max
 
-    dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t per_thread = _per_thread(m_max, dk)
-    # One block for all threads, its start rounded up to 64 bytes so that vector loads never split lines.
-    cdef floating[::1] scratch_block = np.empty(nthreads * per_thread + 64 // sizeof(floating), dtype=dtype)
-    cdef floating* scratch = <floating*>((<size_t>&scratch_block[0] + 63) & ~(<size_t>63))
-    # With split keys each item leaves its partial accumulator (M, dk), max and sum (M,) here.
-    cdef Py_ssize_t n_parts = n_items if nsplit > 1 else 0
-    cdef floating[:, ::1] part_o = np.empty((n_parts, m_max * dk), dtype=dtype)
-    cdef floating[:, ::1] part_ml = np.empty((n_parts, 2 * m_max), dtype=dtype)
+    if scratch is None:
+        scratch = np.empty(p.elements, dtype=np.float32 if floating is float else np.float64)
+        _allocations += 1
+    # The threads' tiles, then (split keys) each item's partial accumulator (M, dk) and max and sum (M,).
+    # The start is rounded up to 64 bytes, so that vector loads never split lines.
+    cdef floating* tiles = <floating*>((<size_t>&scratch[0] + 63) & ~(<size_t>63))
+    cdef floating* part_o = tiles + nthreads * per_thread
+    cdef floating* part_ml = part_o + p.n_parts * o_len
 
     cdef floating qscale = <floating>(scale * LOG2E)
     cdef bint simd = _simd
@@ -286,7 +381,7 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
 
     with nogil, parallel(num_threads=nthreads):
         tid = threadid()
-        qs = scratch + tid * per_thread             # (M, dk)
+        qs = tiles + tid * per_thread               # (M, dk)
         o = qs + _pad(m_max * dk)                   # (M, dk)
         kt = o + _pad(m_max * dk)                   # (dk, ATTN_TK)
         s = kt + dk * ATTN_TK                       # (M, ATTN_TK)
@@ -316,7 +411,8 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
                 slot = ((<Py_ssize_t>b * hkv + kvh) * n_qt + qt) * nsplit + sp
                 _attend(&q[b, q0, kvh * g, 0], q_stride, n_pos, g, dk, qscale,
                         &k_cache[b, kvh, 0, 0], &v_cache[b, kvh, 0, 0], pos0, key_lo, key_hi, simd,
-                        qs, kt, s, &part_o[slot, 0], &part_ml[slot, 0], &part_ml[slot, m_max])
+                        qs, kt, s, part_o + slot * o_len, part_ml + slot * ml_len,
+                        part_ml + slot * ml_len + m_max)
 
     if nsplit == 1:
         return 0
@@ -332,17 +428,17 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
             for r in range(m):
                 top = -INFINITY
                 for sp in range(nsplit):
-                    top = max(top, part_ml[base * nsplit + sp, r])
+                    top = max(top, part_ml[(base * nsplit + sp) * ml_len + r])
                 denom = 0
                 po = &out[b, q0 + r // g, kvh * g + r % g, 0]
                 for d in range(dk):
                     po[d] = 0
                 for sp in range(nsplit):
-                    pml = &part_ml[base * nsplit + sp, 0]
+                    pml = part_ml + (base * nsplit + sp) * ml_len
                     w = _exp2(pml[r] - top)
                     denom = denom + w * pml[m_max + r]
                     for d in range(dk):
-                        po[d] += w * part_o[base * nsplit + sp, r * dk + d]
+                        po[d] += w * part_o[(base * nsplit + sp) * o_len + r * dk + d]
                 w = 1 / denom
                 for d in range(dk):
                     po[d] *= w

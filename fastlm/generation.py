@@ -134,11 +134,10 @@ class _Rows:
         self.lengths = np.array([len(p) for p in prompts], np.int64)
         for b, p in enumerate(prompts):
             self.history[b, :len(p)] = p
-        self.prompt_lengths = self.lengths.copy()
         self.active = B
 
     def swap(self, a: int, b: int) -> None:
-        for arr in (self.request, self.lengths, self.prompt_lengths):
+        for arr in (self.request, self.lengths):
             arr[[a, b]] = arr[[b, a]]
         self.history[[a, b]] = self.history[[b, a]]
 

@@ -53,13 +53,15 @@ class RMSNorm:
 
 class Workspace:
     """Activation buffers for up to ``capacity`` tokens, allocated once and reused by every layer and every
-    step. ``views(B, L)`` shapes them for a call over B rows of L tokens (cached per shape, so a decode loop
+    step, and the attention kernel's scratch for those calls against caches of up to ``max_keys`` positions.
+    ``views(B, L)`` shapes them for a call over B rows of L tokens (cached per shape, so a decode loop
     allocates nothing)."""
 
-    def __init__(self, config: ModelConfig, dtype: np.dtype, capacity: int):
+    def __init__(self, config: ModelConfig, dtype: np.dtype, capacity: int, max_keys: int | None = None):
         c = config
         h, hkv, dk = c.num_heads, c.num_kv_heads, c.head_dim
         self.capacity = capacity
+        self.max_keys = c.max_seq_len if max_keys is None else max_keys
         self._widths = {                       # values per token
             "x": c.d_model,                    # residual stream
             "xn": c.d_model,                   # normalised input of a sub-layer
@@ -72,11 +74,23 @@ class Workspace:
         }
         self._flat = {name: np.empty(capacity * w, dtype) for name, w in self._widths.items()}
         self._heads = (h, dk)
+        self._attn_dims, self._dtype = (h, hkv, dk), dtype
         self._views: dict[tuple[int, int], SimpleNamespace] = {}
+        self._size_attention_scratch(_attention.num_threads())
+
+    def _size_attention_scratch(self, threads: int) -> None:
+        """The attention kernel's worst case over every call this workspace serves, on ``threads`` threads."""
+        size = _attention.max_scratch_size(self.capacity, *self._attn_dims, self.max_keys, threads)
+        self._attn_scratch = np.empty(size, self._dtype)
+        self._attn_threads = threads
+        self._views.clear()                    # they hold the previous scratch
 
     def views(self, B: int, L: int) -> SimpleNamespace:
         if B * L > self.capacity:
             raise FastLMValueError(f"a call over {B} x {L} tokens exceeds the workspace capacity {self.capacity}")
+        threads = _attention.num_threads()
+        if threads > self._attn_threads:       # set_num_threads raised the count since: grow, once
+            self._size_attention_scratch(threads)
         views = self._views.get((B, L))
         if views is None:
             N, (h, dk) = B * L, self._heads
@@ -86,7 +100,8 @@ class Workspace:
                 q=flat["q"].reshape(B, L, h, dk), attn=flat["attn"].reshape(B, L, h, dk),
                 gate_up=flat["gate_up"].reshape(N, -1), act=flat["act"].reshape(N, -1),
                 last=self._flat["last"][: B * self._widths["last"]].reshape(B, -1),
-                last_index=np.arange(L - 1, N, L, dtype=np.int64).reshape(1, B))
+                last_index=np.arange(L - 1, N, L, dtype=np.int64).reshape(1, B),
+                attn_scratch=self._attn_scratch)
             self._views[(B, L)] = views
         return views
 
@@ -120,7 +135,7 @@ class TransformerBlock:
         _layers.rmsnorm(ws.x, self.attn_norm.weight, self.attn_norm.eps, ws.xn)
         _linear.linear(ws.xn, self.w_qkv, ws.qkv.reshape(N, -1))
         _layers.rope_qkv(ws.qkv, cos, sin, start_pos, ws.q, k_cache, v_cache)
-        _attention.attention(ws.q, k_cache, v_cache, start_pos, ws.attn, self.scale)
+        _attention.attention(ws.q, k_cache, v_cache, start_pos, ws.attn, self.scale, scratch=ws.attn_scratch)
         _linear.linear(ws.attn.reshape(N, -1), self.wo, ws.x, beta=1.0)   # the residual add rides the GEMM
         _layers.rmsnorm(ws.x, self.ffn_norm.weight, self.ffn_norm.eps, ws.xn)
         _linear.linear(ws.xn, self.w_gate_up, ws.gate_up)
@@ -186,7 +201,7 @@ class CausalLM:
         ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
         B, L = ids.shape
         c = self.config
-        ws = Workspace(c, self.dtype, B * L).views(B, L)
+        ws = Workspace(c, self.dtype, B * L, max_keys=L).views(B, L)
         # No cache to keep: every layer's keys and values pass through the same scratch buffers.
         k, v = (np.empty((B, c.num_kv_heads, L, c.head_dim), self.dtype) for _ in range(2))
         self._run(ids, [k] * c.num_layers, [v] * c.num_layers, np.zeros(B, np.int64), ws)
@@ -200,9 +215,11 @@ class CausalLM:
             raise FastLMValueError(f"max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
         return KVCache(self.config, batch_size, max_len, self.dtype)
 
-    def new_workspace(self, capacity: int) -> Workspace:
-        """Activation buffers for calls over up to ``capacity`` tokens in all (B * L)."""
-        return Workspace(self.config, self.dtype, check_int("capacity", capacity, 1))
+    def new_workspace(self, capacity: int, max_keys: int | None = None) -> Workspace:
+        """Activation buffers for calls over up to ``capacity`` tokens in all (B * L), into caches of up to
+        ``max_keys`` (default max_seq_len) positions."""
+        max_keys = None if max_keys is None else check_int("max_keys", max_keys, 1)
+        return Workspace(self.config, self.dtype, check_int("capacity", capacity, 1), max_keys)
 
     def prefill(self, token_ids, cache: KVCache, first_row: int = 0, workspace: Workspace | None = None,
                 out: np.ndarray | None = None) -> np.ndarray:
@@ -214,9 +231,12 @@ class CausalLM:
         ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
         B, L = ids.shape
         rows = self._check_rows(cache, first_row, B, L)
-        ws = workspace if workspace is not None else self.new_workspace(B * min(L, self.prefill_chunk))
+        ws = workspace if workspace is not None else self.new_workspace(B * min(L, self.prefill_chunk),
+                                                                        cache.max_len)
         if ws.capacity < B:
             raise FastLMValueError(f"workspace capacity {ws.capacity} is below the batch size {B}")
+        if ws.max_keys < cache.max_len:
+            raise FastLMValueError(f"workspace max_keys {ws.max_keys} is below the cache's max_len {cache.max_len}")
         chunk = ws.capacity // B
         for start in range(0, L, chunk):
             views = ws.views(B, min(chunk, L - start))

@@ -12,7 +12,7 @@ import os
 
 from threadpoolctl import threadpool_limits
 
-from . import _attention, _sampling
+from . import _attention, _linear, _sampling
 from .errors import FastLMValueError
 from .validation import check_int
 
@@ -45,7 +45,7 @@ def get_num_threads() -> int:
 def set_simd(enabled: bool) -> None:
     """Run the kernels' AVX2/FMA paths (True: the default where the CPU has them) or their portable
     fallbacks (False). ``FASTLM_SIMD=0`` in the environment turns them off at import."""
-    for kernels in (_attention, _sampling):
+    for kernels in (_attention, _linear, _sampling):
         kernels.set_simd(bool(enabled))
 
 

@@ -183,7 +183,14 @@ class Sampler(SamplerSettings):
     Call with ``logits`` (B, V) float32 or float64 (never modified), ``uniforms`` (B,) in [0, 1) (may be None
     when greedy), and for the penalties ``history`` (B, H) integer token buffer with ``lengths`` (B,): row b's
     tokens are ``history[b, :lengths[b]]`` (lengths None: whole rows). Returns a :class:`SampleResult`.
+
+    The kernels' working memory is kept on the sampler from call to call (grown when a call needs more), so
+    a decode loop allocates none: one Sampler must not be called from two threads at once.
     """
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "_scratch", np.empty(0))
 
     def __call__(self, logits, uniforms, history=None, lengths=None) -> SampleResult:
         logits, uniforms, history, lengths = self.check_inputs(logits, uniforms, history, lengths)
@@ -193,11 +200,16 @@ class Sampler(SamplerSettings):
         result = SampleResult(np.empty(B, dtype=np.int64), np.empty(B) if self.logprobs else None,
                               np.empty((B, n), dtype=np.int64) if n else None, np.empty((B, n)) if n else None)
         greedy = self.is_greedy
+        top_k = self.top_k if self.top_k < V else 0
+        last_n = self.penalty_last_n if self.needs_history else 0
+        need = _sampling.step_scratch_size(B, V, top_k, 0 if history is None else history.shape[1], last_n, n)
+        if self._scratch.size < need:
+            object.__setattr__(self, "_scratch", np.empty(need))
         _sampling.sampler_step(rows, np.zeros(B) if greedy else uniforms, 0.0 if greedy else self.temperature,
-                               self.top_k if self.top_k < V else 0, self.top_p, self.min_p, self._bias_ids,
-                               self._bias_values, self.repetition_penalty, self.frequency_penalty,
-                               self.presence_penalty, self.penalty_last_n if self.needs_history else 0, history,
-                               lengths, result.tokens, result.logprobs, result.top_ids, result.top_logprobs)
+                               top_k, self.top_p, self.min_p, self._bias_ids, self._bias_values,
+                               self.repetition_penalty, self.frequency_penalty, self.presence_penalty, last_n,
+                               history, lengths, result.tokens, result.logprobs, result.top_ids,
+                               result.top_logprobs, self._scratch)
         failed = np.flatnonzero(result.tokens < 0)
         if failed.size:
             raise self.no_logits_left(failed[0])

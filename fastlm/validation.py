@@ -168,7 +168,8 @@ def check_history(history, lengths, logits_shape: tuple[int, ...],
     if (lengths < 0).any() or (lengths > H).any():
         bad = lengths[(lengths < 0) | (lengths > H)][0]
         raise FastLMValueError(f"lengths must lie in [0, {H}] (the width of history), got {bad}")
-    if penalty_last_n != 0:
+    # Where the whole buffer holds vocabulary ids (the usual case) the windows do too: no (B, H) temporaries.
+    if penalty_last_n != 0 and history.size and (history.min() < 0 or history.max() >= logits_shape[-1]):
         start = np.zeros(B, dtype=np.int64) if penalty_last_n < 0 else np.maximum(lengths - penalty_last_n, 0)
         positions = np.arange(H)
         window = (positions >= start[:, np.newaxis]) & (positions < lengths[:, np.newaxis])
@@ -264,9 +265,9 @@ def check_logits(logits) -> np.ndarray:
         raise FastLMValueError(f"logits must have shape (V,) or (B, V), got shape {arr.shape}")
     if arr.shape[-1] == 0 or arr.size == 0:
         raise FastLMValueError(f"logits must not be empty, got shape {arr.shape}")
-    finite = np.isfinite(arr)
-    if finite.all():                       # the usual case: one pass and done
+    if math.isfinite(arr.min()) and math.isfinite(arr.max()):   # the usual case, without a (B, V) temporary
         return arr
+    finite = np.isfinite(arr)
     if np.isnan(arr).any():
         raise FastLMValueError("logits contain NaN")
     if np.isposinf(arr).any():

@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+import fastlm
 from fastlm import _attention
 from fastlm.reference import softmax
 
@@ -189,6 +190,72 @@ def test_scratch_is_independent_of_sequence_length():
     assert peaks[1024] < 1024 * 1024 * 4 // 16            # a sixteenth of one head's (L, L) float32 scores
 
 
+@pytest.fixture
+def threads():
+    """Set the OpenMP thread count for a test (more threads than cores is fine); restore it afterwards."""
+    before = fastlm.get_num_threads()
+    yield fastlm.set_num_threads
+    fastlm.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_threads", [1, 3, 8])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_given_scratch_gives_identical_results(case, n_threads, threads):
+    """A scratch of exactly scratch_size() elements, at any alignment, and with earlier contents: the same
+    bits as a call that allocates its own, and no allocation."""
+    threads(n_threads)
+    B, L, h, hkv, dk, T, start = case
+    for dtype in (np.float32, np.float64):
+        q, k, v, start_pos = make_inputs(np.random.default_rng(7), dtype, B, L, h, hkv, dk, T, start)
+        expected = run(q, k, v, start_pos)
+        size = _attention.scratch_size(B, L, h, hkv, dk, T, n_threads)
+        before = _attention.allocations()
+        for offset in (0, 1, 3):
+            scratch = np.full(size + offset, np.nan, dtype)[offset:]
+            out = np.full(q.shape, np.nan, dtype)
+            _attention.attention(q, k, v, start_pos, out, 1.0 / np.sqrt(dk), scratch=scratch)
+            np.testing.assert_array_equal(out, expected)
+        assert _attention.allocations() == before
+
+
+def test_allocations_count_calls_without_scratch():
+    q, k, v, start_pos = make_inputs(np.random.default_rng(8), np.float32, 1, 2, 2, 1, 8, 4, [1])
+    before = _attention.allocations()
+    run(q, k, v, start_pos)
+    assert _attention.allocations() == before + 1
+
+
+def test_scratch_size_is_the_worst_case_over_start_pos():
+    """Key splitting grows with the longest key range, so T (every row at T - L) is the worst case."""
+    h, hkv, dk = 9, 3, 64
+    sizes = [_attention.scratch_size(1, 1, h, hkv, dk, T, 4) for T in (1, 256, 511, 512, 2048, 8192)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert _attention.scratch_size(0, 5, h, hkv, dk, 100, 4) == _attention.scratch_size(3, 0, h, hkv, dk, 100, 4) == 0
+
+
+@pytest.mark.parametrize("h, hkv, dk", [(9, 3, 64), (4, 4, 16), (8, 1, 32)])
+@pytest.mark.parametrize("n_threads", [1, 2, 5])
+def test_max_scratch_size_covers_every_call_within_the_tokens(h, hkv, dk, n_threads):
+    for tokens in (1, 7, 40):
+        for T in (64, 600, 3000):
+            most = _attention.max_scratch_size(tokens, h, hkv, dk, T, n_threads)
+            for B in range(1, tokens + 1):
+                for L in range(1, tokens // B + 1):
+                    assert _attention.scratch_size(B, L, h, hkv, dk, T, n_threads) <= most, (tokens, T, B, L)
+
+
+@pytest.mark.parametrize("args, error", [
+    ((1, 1, 4, 3, 8, 10, 1), ValueError),            # heads not a multiple
+    ((1, 1, 4, 2, 0, 10, 1), ValueError),            # head_dim
+    ((1, 1, 4, 2, 8, 10, 0), ValueError),            # num_threads
+    ((-1, 1, 4, 2, 8, 10, 1), ValueError),           # B
+    ((1, 1.5, 4, 2, 8, 10, 1), TypeError),           # L
+])
+def test_scratch_size_rejects_bad_arguments(args, error):
+    with pytest.raises(error):
+        _attention.scratch_size(*args)
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 def good_args(dtype=np.float32):
@@ -197,8 +264,14 @@ def good_args(dtype=np.float32):
     return dict(q=q, k_cache=k, v_cache=k.copy(), start_pos=np.array([0, 7]), out=np.empty_like(q), scale=0.5)
 
 
+def good_scratch_size():
+    """scratch_size() for good_args() on the current threads."""
+    return _attention.scratch_size(2, 3, 4, 2, 8, 10, _attention.num_threads())
+
+
 def test_good_args_run():
     _attention.attention(**good_args())
+    _attention.attention(**good_args(), scratch=np.empty(good_scratch_size(), np.float32))
 
 
 def overlap_q_and_out(args):
@@ -242,6 +315,18 @@ BAD = {
                          "out"),
     "out-overlaps-q": (overlap_q_and_out, ValueError, "out"),
     "scale-nan": (lambda a: a.update(scale=float("nan")), ValueError, "scale"),
+    "scratch-too-small": (lambda a: a.update(scratch=np.empty(good_scratch_size() - 1, np.float32)), ValueError,
+                          "scratch"),
+    "scratch-dtype": (lambda a: a.update(scratch=np.empty(good_scratch_size())), TypeError, "scratch"),
+    "scratch-2d": (lambda a: a.update(scratch=np.empty((1, good_scratch_size()), np.float32)), ValueError,
+                   "scratch"),
+    "scratch-not-contiguous": (lambda a: a.update(scratch=np.empty(2 * good_scratch_size(), np.float32)[::2]),
+                               ValueError, "scratch"),
+    "scratch-not-array": (lambda a: a.update(scratch=[0.0] * good_scratch_size()), TypeError, "scratch"),
+    "scratch-read-only": (lambda a: a.update(scratch=np.empty(good_scratch_size(), np.float32)) or
+                          a["scratch"].setflags(write=False), ValueError, "scratch"),
+    "scratch-is-out": (lambda a: a.update(scratch=np.empty(good_scratch_size() + 192, np.float32)) or
+                       a.update(out=a["scratch"][:192].reshape(2, 3, 4, 8)), ValueError, "scratch"),
 }
 
 

@@ -1,8 +1,8 @@
-"""The per-token layer kernels and the BLAS projection against their reference twins."""
+"""The per-token layer kernels against their reference twins (the projection: test_linear.py)."""
 import numpy as np
 import pytest
 
-from fastlm import _layers, _linear, reference
+from fastlm import _layers, reference
 
 TOL = {np.float64: dict(rtol=0, atol=1e-10), np.float32: dict(rtol=1e-5, atol=1e-6)}
 
@@ -66,24 +66,3 @@ def test_swiglu(dtype, N, f, rng):
     np.testing.assert_allclose(out, reference.silu(gate_up[:, :f]) * gate_up[:, f:], **TOL[dtype])
     with pytest.raises(ValueError):
         _layers.swiglu(gate_up.astype(dtype), np.empty((N, f + 1), dtype))
-
-
-@pytest.mark.parametrize("N", [1, 2, 33])
-def test_linear(dtype, N, rng):
-    x, w, y0 = rng.normal(size=(N, 40)), rng.normal(size=(24, 40)), rng.normal(size=(N, 24))
-    out = np.empty((N, 24), dtype)
-    _linear.linear(x.astype(dtype), w.astype(dtype), out)
-    np.testing.assert_allclose(out, x @ w.T, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
-    acc = y0.astype(dtype)
-    _linear.linear(x.astype(dtype), w.astype(dtype), acc, beta=1.0)   # fused residual add
-    np.testing.assert_allclose(acc, y0 + x @ w.T, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
-
-
-def test_linear_rejects_bad_operands(rng):
-    x, w = rng.normal(size=(3, 4)), rng.normal(size=(5, 4))
-    with pytest.raises(ValueError, match="shapes"):
-        _linear.linear(x, w, np.empty((3, 4)))
-    with pytest.raises(ValueError):
-        _linear.linear(x, w.T, np.empty((3, 5)))            # a transposed view is not C-contiguous
-    with pytest.raises(ValueError):
-        _linear.linear(x.astype(np.float32), w, np.empty((3, 5)))

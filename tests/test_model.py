@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastlm
-from fastlm import reference
+from fastlm import _attention, reference
 
 from conftest import TINY
 
@@ -149,3 +149,33 @@ def test_generate_rejects_bad_arguments(api, kwargs, error):
     kwargs = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(error):
         model.generate([[1, 2]], **kwargs)
+
+
+def test_workspace_grows_its_attention_scratch_once_when_threads_rise(rng):
+    """A workspace sizes the attention scratch for the threads of its making; after set_num_threads raises
+    them, the next call grows it, once, and no attention call allocates its own."""
+    model = fastlm.CausalLM(**TINY, seed=0)
+    before = fastlm.get_num_threads()
+    try:
+        fastlm.set_num_threads(1)
+        cache, ws = model.new_cache(2), model.new_workspace(8)
+        model.prefill(rng.integers(0, 97, size=(2, 5)), cache, 0, ws)
+        first = ws.views(2, 1).attn_scratch
+        fastlm.set_num_threads(4)
+        allocations = _attention.allocations()
+        model.decode([1, 2], cache, 0, ws)
+        grown = ws.views(2, 1).attn_scratch
+        model.decode([3, 4], cache, 0, ws)
+        assert grown.size > first.size and ws.views(2, 1).attn_scratch is grown
+        assert _attention.allocations() == allocations
+    finally:
+        fastlm.set_num_threads(before)
+
+
+def test_workspace_must_cover_the_cache_length():
+    model = fastlm.CausalLM(**TINY, seed=0)
+    with pytest.raises(fastlm.FastLMValueError, match="max_keys"):
+        model.prefill([[1, 2]], model.new_cache(1), 0, model.new_workspace(8, max_keys=10))
+    model.prefill([[1, 2]], model.new_cache(1, 10), 0, model.new_workspace(8, max_keys=10))
+    with pytest.raises(fastlm.FastLMValueError, match="max_keys"):
+        model.new_workspace(8, max_keys=0)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from fastlm import reference, sampling
+from fastlm import _sampling, reference, sampling
 
 SAMPLERS = [sampling.Sampler, reference.Sampler]
 
@@ -226,6 +226,24 @@ def test_parallel_rows_match_one_row_at_a_time(rng):
         np.testing.assert_array_equal(alone.top_ids[0], together.top_ids[b])
     with threadpool_limits(1, user_api="openmp"):
         np.testing.assert_array_equal(sampler(logits, u, history, lengths).tokens, together.tokens)
+
+
+def test_calls_reuse_the_samplers_scratch_and_grow_it_when_needed(rng):
+    """No call allocates kernel scratch: a call needing more (rows, vocabulary, window, top-n) grows the
+    sampler's, and no result depends on what an earlier call left there."""
+    sampler = sampling.Sampler(**CHAINS[5])
+    before = _sampling.allocations()
+    scratches = []
+    for B, V in [(2, 300), (2, 300), (5, 3000), (1, 50), (5, 3000)]:
+        logits, u = rng.normal(size=(B, V)) * 3, rng.random(B)
+        history, lengths = history_for(B, V, rng)
+        reused, fresh = (s(logits, u, history, lengths) for s in (sampler, sampling.Sampler(**CHAINS[5])))
+        for name in ("tokens", "logprobs", "top_ids", "top_logprobs"):
+            np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+        scratches.append(sampler._scratch)
+    assert _sampling.allocations() == before
+    assert scratches[1] is scratches[0] and scratches[2].size > scratches[1].size
+    assert scratches[3] is scratches[2] and scratches[4] is scratches[2]
 
 
 @pytest.mark.parametrize("Sampler", SAMPLERS)

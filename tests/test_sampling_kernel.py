@@ -261,3 +261,27 @@ def test_kernel_refuses_mismatched_buffers():
         _sampling.filter_logits(logits, 1.0, 2, 1.0, np.empty((2, 4)))
     with pytest.raises(ValueError):                                # float64 logits, float32 out
         _sampling.filter_logits(logits, 1.0, 2, 1.0, np.empty((2, 5), dtype=np.float32))
+
+
+def test_sampler_step_takes_the_callers_scratch(rng):
+    """Scratch of step_scratch_size() elements, whatever it held: the same draws as the kernel's own, and no
+    allocation; one element short is refused."""
+    B, V, n_top = 3, 500, 4
+    logits, u = rng.normal(size=(B, V)), rng.random(B)
+    history, lengths = rng.integers(0, V, size=(B, 10)), np.full(B, 10)
+
+    def step(scratch):
+        result = np.empty(B, np.int64), np.empty(B), np.empty((B, n_top), np.int64), np.empty((B, n_top))
+        _sampling.sampler_step(logits, u, 0.9, 20, 0.9, 0.05, None, None, 1.2, 0.1, 0.1, 8, history, lengths,
+                               *result, scratch)
+        return result
+    size = _sampling.step_scratch_size(B, V, 20, history.shape[1], 8, n_top)
+    before = _sampling.allocations()
+    given = step(np.full(size, np.nan))
+    assert _sampling.allocations() == before
+    own = step(None)
+    assert _sampling.allocations() == before + 1
+    for a, b in zip(given, own):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="scratch"):
+        step(np.empty(size - 1))

@@ -1,0 +1,175 @@
+/* Small-batch kernels of linear.pyx: out (n, rows) = x (n, k) @ w (rows, k).T + beta * out on one thread, for
+ * the few activation rows of a batched decode step (linear.pyx splits w's rows across the threads).
+ *
+ * At such n, BLAS's gemm packs and blocks for a large product and reads the weights at a fraction of memory
+ * speed, while the step is bound by that read. These kernels stream each weight row from memory once and dot
+ * it with every activation row (x stays in L1/L2): a register block is up to 4 weight rows x up to 3 (AVX2)
+ * or 2 (portable) activation rows of vector accumulators along k, summed horizontally at the end. While a
+ * block computes, it prefetches the rows LIN_PF_ROWS further on into L2, so that memory keeps streaming
+ * during the FMAs instead of waiting for the next block's demand misses (n = 8 on a 2-core Zen 4: 33 GB/s of
+ * weights instead of 16; into L1 instead, where x and the current rows live, only 23).
+ *
+ * x and w have row stride k, out row stride ld_out. beta == 0 never reads out, which may hold anything.
+ * Column indices are size_t: Python builds extensions with -fwrapv, under which an int index is re-extended on
+ * every step, and the AVX2 loop ran at half speed.
+ * The AVX2/FMA code is compiled with target attributes, not -march, so the extension loads on any x86-64;
+ * linear.pyx calls it only after lin_cpu_has_avx2_fma() said yes.
+ */
+#ifndef FASTLM_LINEAR_IMPL_H
+#define FASTLM_LINEAR_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LIN_PF_ROWS 8       /* prefetch distance, in weight rows: two blocks ahead */
+
+/* The address LIN_PF_ROWS rows below p, summed as an integer: near the end of w it lies past the array, where
+ * a prefetch is harmless but pointer arithmetic would be undefined. */
+#define LIN_AHEAD(p, k) ((const void *)((uintptr_t)(p) + (uintptr_t)LIN_PF_ROWS * (size_t)(k) * sizeof(*(p))))
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#define LIN_AVX2 __attribute__((target("avx2,fma")))
+#define LIN_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+static int lin_cpu_has_avx2_fma(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* out[:J, :R] = x[:J] . w[:R] (+ beta * out). R x J accumulators of 8 lanes: 4 x 3 = 12 of them and the 4
+ * weight vectors fill the 16 ymm registers; the activation vector is an FMA memory operand. */
+LIN_AVX2_INLINE void lin_block_f32_avx2(const float *x, const float *w, int k, float *out, int ld_out, float beta,
+                                        const int R, const int J)
+{
+    __m256 acc[4][3], wv[4];
+    for (int i = 0; i < 4; i++)                           /* rows >= R stay zero for the reduction below */
+        for (int j = 0; j < 3; j++) acc[i][j] = _mm256_setzero_ps();
+    const size_t k8 = (size_t)k & ~(size_t)7;
+    size_t d = 0;
+    for (; d < k8; d += 8) {
+        for (int i = 0; i < R; i++) wv[i] = _mm256_loadu_ps(w + (size_t)i * k + d);
+        for (int i = 0; i < R; i++) _mm_prefetch(LIN_AHEAD(w + (size_t)i * k + d, k), _MM_HINT_T1);
+        for (int j = 0; j < J; j++) {
+            const __m256 xv = _mm256_loadu_ps(x + (size_t)j * k + d);
+            for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (d < (size_t)k) {                                  /* k % 8 columns: masked loads stay inside the rows */
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(k & 7), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int i = 0; i < R; i++) wv[i] = _mm256_maskload_ps(w + (size_t)i * k + d, mask);
+        for (int j = 0; j < J; j++) {
+            const __m256 xv = _mm256_maskload_ps(x + (size_t)j * k + d, mask);
+            for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    for (int j = 0; j < J; j++) {
+        /* Three hadds and one add leave the sum of acc[i][j] in lane i: out[j, 0..3], contiguous. */
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][j], acc[1][j]), _mm256_hadd_ps(acc[2][j], acc[3][j]));
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float *o = out + (size_t)j * ld_out;
+        if (R == 4) {
+            if (beta != 0.0f) s = _mm_fmadd_ps(_mm_set1_ps(beta), _mm_loadu_ps(o), s);
+            _mm_storeu_ps(o, s);
+        } else {
+            float v[4];
+            _mm_storeu_ps(v, s);
+            for (int i = 0; i < R; i++) o[i] = beta != 0.0f ? v[i] + beta * o[i] : v[i];
+        }
+    }
+}
+
+/* All n activation rows against R weight rows: 3 at a time, but 4 left go as 2 + 2, since 3 + 1 would end on a
+ * block of 4 accumulators, too few chains to keep both FMA pipes busy. */
+LIN_AVX2_INLINE void lin_rows_f32_avx2(const float *x, int n, int k, const float *w, float *out, int ld_out,
+                                       float beta, const int R)
+{
+    for (int j = 0, J; j < n; j += J) {
+        const float *xj = x + (size_t)j * k;
+        float *oj = out + (size_t)j * ld_out;
+        J = n - j == 4 || n - j == 2 ? 2 : n - j == 1 ? 1 : 3;
+        if (J == 3) lin_block_f32_avx2(xj, w, k, oj, ld_out, beta, R, 3);
+        else if (J == 2) lin_block_f32_avx2(xj, w, k, oj, ld_out, beta, R, 2);
+        else lin_block_f32_avx2(xj, w, k, oj, ld_out, beta, R, 1);
+    }
+}
+
+LIN_AVX2 static void lin_small_f32_avx2(const float *x, int n, int k, const float *w, int rows, float *out,
+                                        int ld_out, float beta)
+{
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 4);
+    switch (rows - r) {                                   /* constant R: each case is fully unrolled */
+    case 3: lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 3); break;
+    case 2: lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 2); break;
+    case 1: lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 1); break;
+    }
+}
+
+#else  /* not x86: no AVX2 path; linear.pyx never calls it because lin_cpu_has_avx2_fma() is 0 */
+
+static int lin_cpu_has_avx2_fma(void) { return 0; }
+static void lin_small_f32_avx2(const float *x, int n, int k, const float *w, int rows, float *out, int ld_out,
+                               float beta) {}
+
+#endif
+
+/* The portable kernel, the same contract for element type T, as FN, compiled for TARGET (empty, or a target
+ * attribute). Its register block is 4 weight rows x 2 activation rows of GCC/Clang vectors of VB bytes, the
+ * target's register width, so the compiler emits whatever SIMD the target has; the k % lanes columns are added
+ * in scalar code. */
+#define LIN_PORTABLE(T, FN, TARGET, VB)                                                                            \
+typedef T FN##_vec __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));                                \
+                                                                                                                   \
+TARGET static inline __attribute__((always_inline)) void FN##_block(const T *x, const T *w, int k, T *out,        \
+                                                                    int ld_out, T beta, const int R, const int J)  \
+{                                                                                                                  \
+    const size_t lanes = VB / sizeof(T), kv = (size_t)k - (size_t)k % lanes;                                      \
+    FN##_vec acc[4][2] = {{{0}}}, wv[4];                                                                           \
+    for (size_t d = 0; d < kv; d += lanes) {                                                                       \
+        for (int i = 0; i < R; i++) wv[i] = *(const FN##_vec *)(w + (size_t)i * k + d);                            \
+        for (int i = 0; i < R; i++) __builtin_prefetch(LIN_AHEAD(w + (size_t)i * k + d, k), 0, 2);   /* to L2 */  \
+        for (int j = 0; j < J; j++) {                                                                              \
+            const FN##_vec xv = *(const FN##_vec *)(x + (size_t)j * k + d);                                        \
+            for (int i = 0; i < R; i++) acc[i][j] += wv[i] * xv;                                                   \
+        }                                                                                                          \
+    }                                                                                                              \
+    for (int j = 0; j < J; j++)                                                                                    \
+        for (int i = 0; i < R; i++) {                                                                              \
+            T s = 0;                                                                                               \
+            for (size_t l = 0; l < lanes; l++) s += acc[i][j][l];                                                  \
+            for (size_t d = kv; d < (size_t)k; d++) s += w[(size_t)i * k + d] * x[(size_t)j * k + d];             \
+            T *o = out + (size_t)j * ld_out + i;                                                                   \
+            *o = beta != 0 ? s + beta * *o : s;                                                                    \
+        }                                                                                                          \
+}                                                                                                                  \
+                                                                                                                   \
+TARGET static inline __attribute__((always_inline)) void FN##_rows(const T *x, int n, int k, const T *w, T *out,  \
+                                                                   int ld_out, T beta, const int R)                \
+{                                                                                                                  \
+    int j = 0;                                                                                                     \
+    for (; j + 2 <= n; j += 2) FN##_block(x + (size_t)j * k, w, k, out + (size_t)j * ld_out, ld_out, beta, R, 2);  \
+    if (j < n) FN##_block(x + (size_t)j * k, w, k, out + (size_t)j * ld_out, ld_out, beta, R, 1);                  \
+}                                                                                                                  \
+                                                                                                                   \
+TARGET static void FN(const T *x, int n, int k, const T *w, int rows, T *out, int ld_out, T beta)                 \
+{                                                                                                                  \
+    int r = 0;                                                                                                     \
+    for (; r + 4 <= rows; r += 4) FN##_rows(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 4);                 \
+    for (; r < rows; r++) FN##_rows(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 1);                         \
+}
+
+/* Baseline builds (SSE2 on x86-64, NEON on arm64), and float64 again for AVX2/FMA (a plain copy elsewhere). */
+LIN_PORTABLE(float, lin_small_f32, , 16)
+LIN_PORTABLE(double, lin_small_f64, , 16)
+#if defined(__x86_64__) || defined(__i386__)
+LIN_PORTABLE(double, lin_small_f64_avx2, __attribute__((target("avx2,fma"))), 32)
+#else
+LIN_PORTABLE(double, lin_small_f64_avx2, , 16)
+#endif
+
+#undef LIN_PORTABLE
+
+#endif
