@@ -13,7 +13,7 @@
 # vector-extension C (attention_portable.h) for float32 and float64, the latter compiled twice: for the
 # baseline CPU and for AVX2/FMA. The AVX2 versions run when the CPU has them, unless set_simd(False).
 from cython.parallel cimport parallel, prange, threadid
-cimport openmp
+from openmp cimport omp_get_max_threads
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
@@ -30,38 +30,7 @@ ctypedef fused floating:
     float
     double
 
-cdef extern from "math.h" nogil:
-    float exp2f(float x)
-    double exp2(double x)
-
-cdef extern from "attention_impl.h" nogil:
-    enum: ATTN_TK
-    int attn_cpu_has_avx2_fma()
-    void attn_pack_kt_f32_avx2(const float* k, int nk, int dk, float* kt)
-    void attn_scores_f32_avx2(const float* qs, int m, int dk, const float* kt, int nk, float* s)
-    void attn_softmax_f32_avx2(float* s, int m, int nk, int g, int diag, float* mx, float* l, float* o, int dk)
-    void attn_pv_f32_avx2(const float* s, int m, int nk, const float* v, int dk, float* o)
-    # The portable kernels, same contracts.
-    void attn_pack_kt_f32(const float* k, int nk, int dk, float* kt)
-    void attn_scores_f32(const float* qs, int m, int dk, const float* kt, int nk, float* s)
-    void attn_softmax_f32(float* s, int m, int nk, int g, int diag, float* mx, float* l, float* o, int dk)
-    void attn_pv_f32(const float* s, int m, int nk, const float* v, int dk, float* o)
-    void attn_pack_kt_f64(const double* k, int nk, int dk, double* kt)
-    void attn_scores_f64(const double* qs, int m, int dk, const double* kt, int nk, double* s)
-    void attn_softmax_f64(double* s, int m, int nk, int g, int diag, double* mx, double* l, double* o, int dk)
-    void attn_pv_f64(const double* s, int m, int nk, const double* v, int dk, double* o)
-    void attn_pack_kt_f64_avx2(const double* k, int nk, int dk, double* kt)
-    void attn_scores_f64_avx2(const double* qs, int m, int dk, const double* kt, int nk, double* s)
-    void attn_softmax_f64_avx2(double* s, int m, int nk, int g, int diag, double* mx, double* l, double* o,
-                               int dk)
-    void attn_pv_f64_avx2(const double* s, int m, int nk, const double* v, int dk, double* o)
-
-cdef double LOG2E = 1.4426950408889634
-cdef int TARGET_ROWS = 64          # query rows per tile (positions x group heads): reuse of each K/V tile
-cdef int ITEMS_PER_THREAD = 4      # below this many work items per thread, split the key range
-cdef int MIN_SPLIT_KEYS = 256      # ...but never into pieces shorter than this
-cdef int ALIGN_SLACK = 16          # scratch elements spent rounding its start up to 64 bytes (8 would do for
-                                   # float64; one count keeps scratch_size independent of the dtype)
+include "attention_core.pxi"
 
 cdef bint _cpu_simd = attn_cpu_has_avx2_fma()
 cdef bint _simd = _cpu_simd and os.environ.get("FASTLM_SIMD", "1") != "0"
@@ -88,7 +57,7 @@ def allocations():
 def num_threads():
     """The thread count attention() plans for now (OpenMP's maximum for the calling thread), the
     ``num_threads`` of scratch_size."""
-    return openmp.omp_get_max_threads()
+    return omp_get_max_threads()
 
 
 def query_tile(num_heads, num_kv_heads):
@@ -99,58 +68,11 @@ def query_tile(num_heads, num_kv_heads):
     return max(1, TARGET_ROWS // (num_heads // num_kv_heads))
 
 
-cdef inline Py_ssize_t _pad(Py_ssize_t n) noexcept nogil:
-    return (n + 15) & ~15                       # whole 64-byte lines (float32): each buffer starts on its own
-
-
-cdef inline Py_ssize_t _per_thread(Py_ssize_t m, Py_ssize_t dk) noexcept nogil:
-    """Scratch of one thread, in elements: qs and o (M, dk), K^T (dk, ATTN_TK), scores (M, ATTN_TK), max and
-    sum (M,), each starting on a cache line (ATTN_TK is a multiple of 16)."""
-    return 2 * _pad(m * dk) + dk * ATTN_TK + m * ATTN_TK + _pad(2 * m)
-
-
 def scratch_elements(L, num_heads, num_kv_heads, head_dim):
     """Per-thread scratch, in elements, for queries of length L: independent of L beyond one query tile of
     M = Tq * (num_heads // num_kv_heads) rows."""
     m = max(1, min(query_tile(num_heads, num_kv_heads), L)) * (num_heads // num_kv_heads)
     return _per_thread(m, head_dim)
-
-
-cdef struct Plan:
-    int tq                 # query positions per tile
-    int m_max              # rows per tile: tq * group
-    int n_qt               # query tiles per row
-    int nsplit             # pieces each work item's key range is split into
-    int nthreads           # threads that run
-    Py_ssize_t n_base      # work items before splitting: rows x KV heads x query tiles
-    Py_ssize_t n_items     # work items: n_base * nsplit
-    Py_ssize_t n_parts     # split partials (0 without splitting)
-    Py_ssize_t per_thread  # scratch of one thread, as _per_thread
-    Py_ssize_t elements    # all the scratch: the slack, the threads' tiles, the partials (M dk + 2 M each)
-
-
-cdef Plan _plan(Py_ssize_t B, int L, int h, int hkv, int dk, int64_t keys, int threads) noexcept nogil:
-    """How a call over B x L queries spreads over `threads` threads, and its scratch. keys: the longest key
-    range of any row, start_pos + L; the split, so the scratch, grows with it."""
-    cdef Plan p
-    cdef int g = h // hkv
-    p.tq = max(1, min(max(1, TARGET_ROWS // g), L))
-    p.m_max = p.tq * g
-    p.n_qt = (L + p.tq - 1) // p.tq
-    p.n_base = B * hkv * p.n_qt
-    p.nsplit = 1
-    if 0 < p.n_base < ITEMS_PER_THREAD * threads:
-        p.nsplit = <int>max(1, min((ITEMS_PER_THREAD * threads + p.n_base - 1) // p.n_base,
-                                   keys // MIN_SPLIT_KEYS))
-    p.n_items = p.n_base * p.nsplit
-    p.nthreads = <int>min(<Py_ssize_t>threads, p.n_items)
-    p.n_parts = p.n_items if p.nsplit > 1 else 0
-    p.per_thread = _per_thread(p.m_max, dk)
-    p.elements = 0
-    if p.n_items:
-        p.elements = (ALIGN_SLACK + p.nthreads * p.per_thread
-                      + p.n_parts * (<Py_ssize_t>p.m_max * dk + 2 * p.m_max))
-    return p
 
 
 def scratch_size(B, L, num_heads, num_kv_heads, head_dim, T, num_threads):
@@ -176,75 +98,6 @@ def max_scratch_size(tokens, num_heads, num_kv_heads, head_dim, T, num_threads):
     L = min(tokens, query_tile(num_heads, num_kv_heads))
     return max(scratch_size(B, L, num_heads, num_kv_heads, head_dim, T, num_threads)
                for B in range(1, min(tokens, ITEMS_PER_THREAD * num_threads) + 1))
-
-
-cdef inline floating _exp2(floating x) noexcept nogil:
-    if floating is float:
-        return exp2f(x)
-    else:
-        return exp2(x)
-
-
-# --------------------------------------------------------------------------------------------- work item
-
-cdef void _attend(const floating* q, Py_ssize_t q_stride, int n_pos, int g, int dk, floating qscale,
-                  const floating* k, const floating* v, int64_t pos0, int64_t key_lo, int64_t key_hi,
-                  bint simd, floating* qs, floating* kt, floating* s,
-                  floating* o, floating* mx, floating* l) noexcept nogil:
-    """Accumulate keys [key_lo, key_hi) of one KV head into (o, mx, l) for M = n_pos * g query rows.
-
-    Row r = i * g + j is query head j of the group at position pos0 + i, read from q + i * q_stride + j * dk.
-    k, v point at position 0 of the head's cache, (T, dk) each.
-    """
-    cdef int m = n_pos * g, r, d, nk, diag
-    cdef int64_t k0
-    cdef const floating* qrow
-    for r in range(m):                              # scale folded into the queries once, not into scores
-        qrow = q + (r // g) * q_stride + (r % g) * dk
-        for d in range(dk):
-            qs[r * dk + d] = qrow[d] * qscale
-        mx[r] = -INFINITY
-        l[r] = 0
-    memset(o, 0, m * dk * sizeof(floating))
-    k0 = key_lo
-    while k0 < key_hi:
-        nk = <int>min(<int64_t>ATTN_TK, key_hi - k0)
-        diag = <int>min(pos0 - k0 + 1, <int64_t>ATTN_TK)   # keys of this tile seen by the tile's first row
-        if floating is double:
-            if simd:
-                attn_pack_kt_f64_avx2(k + k0 * dk, nk, dk, kt)
-                attn_scores_f64_avx2(qs, m, dk, kt, nk, s)
-                attn_softmax_f64_avx2(s, m, nk, g, diag, mx, l, o, dk)
-                attn_pv_f64_avx2(s, m, nk, v + k0 * dk, dk, o)
-            else:
-                attn_pack_kt_f64(k + k0 * dk, nk, dk, kt)
-                attn_scores_f64(qs, m, dk, kt, nk, s)
-                attn_softmax_f64(s, m, nk, g, diag, mx, l, o, dk)
-                attn_pv_f64(s, m, nk, v + k0 * dk, dk, o)
-        elif simd:
-            attn_pack_kt_f32_avx2(k + k0 * dk, nk, dk, kt)
-            attn_scores_f32_avx2(qs, m, dk, kt, nk, s)
-            attn_softmax_f32_avx2(s, m, nk, g, diag, mx, l, o, dk)
-            attn_pv_f32_avx2(s, m, nk, v + k0 * dk, dk, o)
-        else:
-            attn_pack_kt_f32(k + k0 * dk, nk, dk, kt)
-            attn_scores_f32(qs, m, dk, kt, nk, s)
-            attn_softmax_f32(s, m, nk, g, diag, mx, l, o, dk)
-            attn_pv_f32(s, m, nk, v + k0 * dk, dk, o)
-        k0 += ATTN_TK
-
-
-cdef void _write_rows(floating* out, Py_ssize_t out_stride, int m, int g, int dk, const floating* o,
-                      const floating* l) noexcept nogil:
-    """out row (r // g, head r % g) = o[r] / l[r]."""
-    cdef int r, d
-    cdef floating inv
-    cdef floating* orow
-    for r in range(m):
-        inv = 1 / l[r]
-        orow = out + (r // g) * out_stride + (r % g) * dk
-        for d in range(dk):
-            orow[d] = o[r * dk + d] * inv
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -315,11 +168,11 @@ def attention(q, k_cache, v_cache, start_pos, out, double scale, *, scratch=None
 cdef int _check_scratch(scratch, q, k_cache, v_cache, out) except -1:
     _check_array("scratch", scratch, 1, q.dtype)
     B, L, h, dk = q.shape
-    need = _plan(B, L, h, k_cache.shape[1], dk, k_cache.shape[2], openmp.omp_get_max_threads()).elements
+    need = _plan(B, L, h, k_cache.shape[1], dk, k_cache.shape[2], omp_get_max_threads()).elements
     if scratch.shape[0] < need:
         raise FastLMValueError(f"scratch holds {scratch.shape[0]} elements, fewer than the {need} of "
                                f"scratch_size() for q {q.shape} and T = {k_cache.shape[2]} on "
-                               f"{openmp.omp_get_max_threads()} threads")
+                               f"{omp_get_max_threads()} threads")
     if not scratch.flags.writeable:
         raise FastLMValueError("scratch must be writeable")
     if (np.may_share_memory(scratch, q) or np.may_share_memory(scratch, k_cache)
@@ -334,7 +187,7 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
     """The kernel behind attention(), which has validated every argument but the range of start_pos."""
     global _allocations
     cdef int B = q.shape[0], L = q.shape[1], h = q.shape[2], dk = q.shape[3]
-    cdef int hkv = k_cache.shape[1], g = h // hkv
+    cdef int hkv = k_cache.shape[1]
     cdef Py_ssize_t T = k_cache.shape[2]
     cdef int64_t lo = start_pos[0] if B else 0, hi = lo
     cdef int b
@@ -346,100 +199,11 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
                                f"values from {lo} to {hi}")
     if B == 0 or L == 0:
         return 0
-    cdef Plan p = _plan(B, L, h, hkv, dk, hi + L, openmp.omp_get_max_threads())   # hi + L: the longest keys
-    cdef int tq = p.tq, m_max = p.m_max, n_qt = p.n_qt, nsplit = p.nsplit, nthreads = p.nthreads
-    cdef Py_ssize_t n_base = p.n_base, n_items = p.n_items, per_thread = p.per_thread
-    cdef Py_ssize_t per_qt = <Py_ssize_t>B * hkv * nsplit
-    cdef Py_ssize_t o_len = <Py_ssize_t>m_max * dk, ml_len = 2 * m_max
-
+    cdef Plan p = _plan(B, L, h, hkv, dk, hi + L, omp_get_max_threads())
     if scratch is None:
         scratch = np.empty(p.elements, dtype=np.float32 if floating is float else np.float64)
         _allocations += 1
-    # The threads' tiles, then (split keys) each item's partial accumulator (M, dk) and max and sum (M,).
-    # The start is rounded up to 64 bytes, so that vector loads never split lines.
-    cdef floating* tiles = <floating*>((<size_t>&scratch[0] + 63) & ~(<size_t>63))
-    cdef floating* part_o = tiles + nthreads * per_thread
-    cdef floating* part_ml = part_o + p.n_parts * o_len
-
-    cdef floating qscale = <floating>(scale * LOG2E)
-    cdef bint simd = _simd
-    cdef Py_ssize_t q_stride = <Py_ssize_t>h * dk
-    cdef Py_ssize_t it, base, slot
-    cdef int qt, kvh, sp, q0, n_pos, m, r, d
-    cdef int64_t pos0, span, chunk, key_lo, key_hi
-    # Set per thread in the parallel block; initialised because Cython makes them firstprivate.
-    cdef int tid = 0
-    cdef floating *qs = NULL
-    cdef floating *kt = NULL
-    cdef floating *s = NULL
-    cdef floating *o = NULL
-    cdef floating *mx = NULL
-    cdef floating *l = NULL
-    cdef floating *po
-    cdef floating *pml
-    cdef floating w, top, denom
-
-    with nogil, parallel(num_threads=nthreads):
-        tid = threadid()
-        qs = tiles + tid * per_thread               # (M, dk)
-        o = qs + _pad(m_max * dk)                   # (M, dk)
-        kt = o + _pad(m_max * dk)                   # (dk, ATTN_TK)
-        s = kt + dk * ATTN_TK                       # (M, ATTN_TK)
-        mx = s + m_max * ATTN_TK                    # (M,)
-        l = mx + m_max                              # (M,)
-        # Latest query tiles first: they see the most keys, so dynamic scheduling ends balanced.
-        for it in prange(n_items, schedule="dynamic"):
-            qt = n_qt - 1 - <int>(it // per_qt)
-            b = <int>((it % per_qt) // (hkv * nsplit))
-            kvh = <int>((it % (hkv * nsplit)) // nsplit)
-            sp = <int>(it % nsplit)
-            q0 = qt * tq
-            n_pos = min(tq, L - q0)
-            m = n_pos * g
-            pos0 = start_pos[b] + q0
-            span = pos0 + n_pos                     # keys 0..span-1 are visible to some row of the tile
-            chunk = (span + nsplit - 1) // nsplit
-            chunk = (chunk + ATTN_TK - 1) // ATTN_TK * ATTN_TK
-            key_lo = min(sp * chunk, span)
-            key_hi = min(key_lo + chunk, span)
-            if nsplit == 1:
-                _attend(&q[b, q0, kvh * g, 0], q_stride, n_pos, g, dk, qscale,
-                        &k_cache[b, kvh, 0, 0], &v_cache[b, kvh, 0, 0], pos0, key_lo, key_hi, simd,
-                        qs, kt, s, o, mx, l)
-                _write_rows(&out[b, q0, kvh * g, 0], q_stride, m, g, dk, o, l)
-            else:
-                slot = ((<Py_ssize_t>b * hkv + kvh) * n_qt + qt) * nsplit + sp
-                _attend(&q[b, q0, kvh * g, 0], q_stride, n_pos, g, dk, qscale,
-                        &k_cache[b, kvh, 0, 0], &v_cache[b, kvh, 0, 0], pos0, key_lo, key_hi, simd,
-                        qs, kt, s, part_o + slot * o_len, part_ml + slot * ml_len,
-                        part_ml + slot * ml_len + m_max)
-
-    if nsplit == 1:
-        return 0
-    # Merge the splits of each (b, kv head, query tile): rescale each partial to the common max. Split 0
-    # holds key 0, which every row sees, so the common max is finite and empty splits weigh exp2(-inf) = 0.
     with nogil:
-        for base in prange(n_base, schedule="static", num_threads=nthreads):
-            qt = <int>(base % n_qt)
-            kvh = <int>((base // n_qt) % hkv)
-            b = <int>(base // (n_qt * hkv))
-            q0 = qt * tq
-            m = min(tq, L - q0) * g
-            for r in range(m):
-                top = -INFINITY
-                for sp in range(nsplit):
-                    top = max(top, part_ml[(base * nsplit + sp) * ml_len + r])
-                denom = 0
-                po = &out[b, q0 + r // g, kvh * g + r % g, 0]
-                for d in range(dk):
-                    po[d] = 0
-                for sp in range(nsplit):
-                    pml = part_ml + (base * nsplit + sp) * ml_len
-                    w = _exp2(pml[r] - top)
-                    denom = denom + w * pml[m_max + r]
-                    for d in range(dk):
-                        po[d] += w * part_o[(base * nsplit + sp) * o_len + r * dk + d]
-                w = 1 / denom
-                for d in range(dk):
-                    po[d] *= w
+        attention_run(&q[0, 0, 0, 0], &k_cache[0, 0, 0, 0], &v_cache[0, 0, 0, 0], &start_pos[0],
+                      &out[0, 0, 0, 0], B, L, h, hkv, dk, T, hi, scale, &scratch[0], _simd)
     return 0

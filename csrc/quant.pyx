@@ -8,7 +8,7 @@
 # scale and small integers (exact in float32) plus at most one rounded operation, computed in the same
 # order as ggml. In float64 nothing rounds at all, so a float64 result rounded to float32 is ggml's value.
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t, uint32_t
 
 ctypedef fused floating:
     float
@@ -201,3 +201,33 @@ def dequantize(const uint8_t[::1] raw, int qtype, floating[::1] out):
     for c in prange(nchunks, nogil=True, schedule="static", num_threads=1 if n < PARALLEL_MIN else 0):
         first = c * per_chunk
         _decode(qtype, src + first * block_bytes, dst + first * block_elements, min(per_chunk, nblocks - first))
+
+
+def gather_rows(const uint8_t[:, ::1] table, int qtype, const int64_t[:, ::1] ids, floating[:, :, ::1] out):
+    """out[b, l, :] = dequant(table[ids[b, l]]): the embedding lookup from a quantized (V, row_bytes) table,
+    bit for bit dequantize()'s values. Rows are decoded in parallel when there are enough elements."""
+    if qtype not in BLOCKS:
+        raise ValueError(f"gather_rows: unsupported ggml type {qtype}")
+    cdef Py_ssize_t block_elements = BLOCKS[qtype][0], block_bytes = BLOCKS[qtype][1]
+    cdef Py_ssize_t V = table.shape[0], row_bytes = table.shape[1], k = out.shape[2]
+    cdef Py_ssize_t B = ids.shape[0], L = ids.shape[1]
+    if out.shape[0] != B or out.shape[1] != L:
+        raise ValueError(f"gather_rows: out has shape ({out.shape[0]}, {out.shape[1]}, {k}), ids ({B}, {L})")
+    if k % block_elements or row_bytes != k // block_elements * block_bytes:
+        raise ValueError(f"gather_rows: table rows of {row_bytes} bytes of ggml type {qtype} do not hold "
+                         f"{k} elements (out's last dimension)")
+    cdef Py_ssize_t b, l, i, nrows = B * L
+    cdef int64_t t
+    for b in range(B):
+        for l in range(L):
+            t = ids[b, l]
+            if t < 0 or t >= V:
+                raise ValueError(f"gather_rows: id {t} at [{b}, {l}] outside the table's rows [0, {V})")
+    if nrows == 0 or k == 0:
+        return
+    cdef const uint8_t* src = &table[0, 0]
+    cdef const int64_t* idp = &ids[0, 0]
+    cdef floating* dst = &out[0, 0, 0]
+    cdef Py_ssize_t nblocks = k // block_elements
+    for i in prange(nrows, nogil=True, schedule="static", num_threads=1 if nrows * k < PARALLEL_MIN else 0):
+        _decode(qtype, src + idp[i] * row_bytes, dst + i * k, nblocks)

@@ -90,12 +90,15 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     return path
 
 
-def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, dtype=np.float32, verbose: bool = False) -> LanguageModel:
+def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, dtype=np.float32, dequantize: bool = False,
+         verbose: bool = False) -> LanguageModel:
     """Load a model and its tokenizer.
 
     ``path_or_name``: a GGUF file, a Hugging Face directory (``config.json``, ``model.safetensors`` or a
     sharded index, ``tokenizer.json``), or ``"smollm2-135m-instruct"`` (downloaded once into
-    ``$FASTLM_CACHE``, default ``~/.cache/fastlm``). Weights are dequantised to ``dtype``.
+    ``$FASTLM_CACHE``, default ``~/.cache/fastlm``). A GGUF file's F16 and block-quantized matrices stay as
+    stored (memory-mapped) and the kernels compute on them, unless ``dequantize`` (or a float64 ``dtype``)
+    asks for every weight decoded to ``dtype``; activations are ``dtype``.
     """
     path = resolve(path_or_name)
     start = time.perf_counter()
@@ -103,7 +106,7 @@ def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, dtype=np.float32, verb
         config, params, metadata = load_safetensors(path, dtype)
         tokenizer = Tokenizer.from_pretrained_dir(path)
     else:
-        config, params, metadata = load_gguf(path, dtype)
+        config, params, metadata = load_gguf(path, dtype, quantized=not dequantize)
         tokenizer = Tokenizer.from_gguf_metadata(metadata)
     model = CausalLM.from_params(config, params, dtype)
     if verbose:

@@ -1,4 +1,4 @@
-"""The ``fastlm`` command: generate, chat, info, tokenize, bench."""
+"""The ``fastlm`` command: generate, chat, info, tokenize, bench, quantize, perplexity."""
 from __future__ import annotations
 
 import argparse
@@ -32,15 +32,15 @@ def _options(args) -> dict:
                 presence_penalty=args.presence_penalty, penalty_last_n=args.repeat_last_n, seed=args.seed)
 
 
-def _load(name: str, threads: int | None) -> LanguageModel:
+def _load(name: str, threads: int | None, dequantize: bool = False) -> LanguageModel:
     if threads is not None:
         from .runtime import set_num_threads
         set_num_threads(threads)
-    return load(name, verbose=True)
+    return load(name, dequantize=dequantize, verbose=True)
 
 
 def cmd_generate(args) -> int:
-    lm = _load(args.model, args.threads)
+    lm = _load(args.model, args.threads, args.dequantize)
     for piece in lm.stream(args.prompt, args.max_new_tokens, **_options(args)):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -49,7 +49,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    lm = _load(args.model, args.threads)
+    lm = _load(args.model, args.threads, args.dequantize)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
     interactive = sys.stdin.isatty()
@@ -102,7 +102,8 @@ def cmd_info(args) -> int:
         for tensor in GGUFFile(path).tensors.values():
             types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
         rows.append(("tensor types", ", ".join(f"{n} {t}" for t, n in sorted(types.items()))))
-    rows.append(("load time (float32)", f"{elapsed:.2f} s"))
+    rows.append(("weights in memory", ", ".join(f"{n} {t}" for t, n in lm.model.weight_types.items())))
+    rows.append(("load time", f"{elapsed:.2f} s"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -119,31 +120,107 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """Prompt processing (pp) and text generation (tg) in tokens/s, like llama-bench."""
-    lm = _load(args.model, args.threads)
-    model = lm.model
+    """Prompt processing (pp) and text generation (tg) in tokens/s, like llama-bench; with ``--types``, for the
+    model re-encoded in each of those formats (written once into the cache by ``fastlm quantize``)."""
+    from .runtime import get_num_threads, set_num_threads
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    path = resolve(args.model)
+    files = [path] if not args.types else [_format_file(path, t) for t in args.types]
+    print("| model | weights | size | threads | test | tokens/s |\n|---|---|---|---|---|---|")
+    for file in files:
+        model = load(file, dequantize=args.dequantize).model
+        weights = ", ".join(f"{n} {t}" for t, n in model.weight_types.items())
+        pp, tg = _bench(model, args.p, args.n, args.repetitions)
+        for test, values in ((f"pp{args.p}", pp), (f"tg{args.n}", tg)):
+            print(f"| {file.name} | {weights} | {file.stat().st_size / 2**20:.1f} MiB | {get_num_threads()} | "
+                  f"{test} | {np.mean(values):.1f} ± {np.std(values):.1f} |", flush=True)
+    return 0
+
+
+def _format_file(path: Path, qtype: str) -> Path:
+    """``path`` re-encoded as ``qtype`` in the cache directory, written on first use."""
+    from .quantize import quantize_file
+    from .weights.hub import default_cache_dir
+    target = default_cache_dir() / f"{path.stem}.{qtype}.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print(f"fastlm: writing {target}", file=sys.stderr)
+        quantize_file(path, target, qtype)
+    return target
+
+
+def _bench(model, p: int, n: int, repetitions: int) -> tuple[list[float], list[float]]:
+    """Tokens/s of prefilling p random tokens and of decoding n more greedily, ``repetitions`` times each,
+    after one untimed round (page faults of the mapped weights, first-touch of the buffers)."""
     rng = np.random.default_rng(0)
-    cache = model.new_cache(1, args.p + args.n)
-    ws = model.new_workspace(max(args.p, 1))
+    cache = model.new_cache(1, p + n)
+    ws = model.new_workspace(max(p, 1))
     out = np.empty((1, model.vocab_size), model.dtype)
     pp, tg = [], []
-    for _ in range(args.repetitions):
-        prompt = rng.integers(0, model.vocab_size, size=(1, args.p))
+    for _ in range(repetitions + 1):
+        prompt = rng.integers(0, model.vocab_size, size=(1, p))
         cache.reset()
         start = time.perf_counter()
         model.prefill(prompt, cache, 0, ws, out)
-        pp.append(args.p / (time.perf_counter() - start))
+        pp.append(p / (time.perf_counter() - start))
         token = np.array([int(np.argmax(out[0]))])
         start = time.perf_counter()
-        for _ in range(args.n):
+        for _ in range(n):
             model.decode(token, cache, 0, ws, out)
             token[0] = np.argmax(out[0])
-        tg.append(args.n / (time.perf_counter() - start))
-    from .runtime import get_num_threads
-    name = lm.source.name
-    print(f"| model | threads | test | tokens/s |\n|---|---|---|---|")
-    for test, values in ((f"pp{args.p}", pp), (f"tg{args.n}", tg)):
-        print(f"| {name} | {get_num_threads()} | {test} | {np.mean(values):.1f} ± {np.std(values):.1f} |")
+        tg.append(n / (time.perf_counter() - start))
+    return pp[1:], tg[1:]
+
+
+def _types(value: str) -> list[str]:
+    from .quantize import QUANT_TYPES
+    types = [t.strip().upper() for t in value.split(",") if t.strip()]
+    unknown = [t for t in types if t not in QUANT_TYPES]
+    if unknown or not types:
+        raise argparse.ArgumentTypeError(f"unknown type(s) {', '.join(unknown) or value!r}; choose from "
+                                         f"{','.join(QUANT_TYPES)}")
+    return types
+
+
+def cmd_quantize(args) -> int:
+    """Re-encode a GGUF file's weight matrices as another type, like llama-quantize."""
+    from .quantize import quantize_file
+
+    def progress(i, n, name, from_type, to_type):
+        print(f"[{i + 1:>{len(str(n))}}/{n}] {name:<32} {from_type:>5} -> {to_type}", file=sys.stderr, flush=True)
+
+    summary = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress)
+    types = ", ".join(f"{n} {t}" for t, n in sorted(summary.tensor_types.items()))
+    print(f"quantized {summary.src} ({summary.bytes_in / 1e6:.1f} MB) -> {summary.dst} "
+          f"({summary.bytes_out / 1e6:.1f} MB, {summary.qtype}): {summary.n_tensors} tensors ({types}) "
+          f"in {summary.seconds:.2f} s")
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    """Perplexity over a text file, chunked like llama-perplexity."""
+    from .errors import FastLMValueError
+    from .perplexity import perplexity
+    try:
+        text = Path(args.textfile).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FastLMValueError(f"{args.textfile}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lm = _load(args.model, args.threads, args.dequantize)
+    tok = lm.tokenizer
+    # Like llama.cpp: when the vocabulary adds a BOS token, each chunk starts with BOS in place of its first token.
+    bos = tok.bos_token_id
+    adds_bos = bos is not None and lm.encode("x", True)[:1] == [bos] and lm.encode("x", False)[:1] != [bos]
+    ids = lm.encode(text, add_special_tokens=False)
+    start = time.perf_counter()
+
+    def progress(chunk, n_chunks, ppl):
+        print(f"[{chunk}/{n_chunks}] {ppl:.4f}", file=sys.stderr, flush=True)
+
+    result = perplexity(lm.model, ids, args.ctx, bos_token_id=bos if adds_bos else None, progress=progress)
+    elapsed = time.perf_counter() - start
+    print(f"perplexity: {result.ppl:.4f} over {result.n_scored} tokens ({result.n_chunks} chunks of "
+          f"{result.n_ctx}; {len(ids)} tokens in the text; {elapsed:.2f} s)")
     return 0
 
 
@@ -155,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"GGUF file, HF directory or {DEFAULT_MODEL}")
     p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
     _sampling_options(p)
     p.set_defaults(run=cmd_generate)
 
@@ -162,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"GGUF file, HF directory or {DEFAULT_MODEL}")
     p.add_argument("--system", default=None, help="a system message to start the conversation with")
     p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
     _sampling_options(p)
     p.set_defaults(run=cmd_chat)
 
@@ -181,7 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=128, help="generated tokens (default 128)")
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("-r", "--repetitions", type=int, default=3)
+    p.add_argument("--types", type=_types, default=None, metavar="F32,F16,Q8_0,Q4_0,Q4_1",
+                   help="bench the model re-encoded as each of these types (cached after the first run)")
+    p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("quantize", help="re-encode a GGUF file's weights as F32, F16, Q8_0, Q4_0 or Q4_1")
+    p.add_argument("input", help="GGUF file to read")
+    p.add_argument("output", help="GGUF file to write (replaced if it exists)")
+    p.add_argument("--type", required=True, type=str.upper, choices=["F32", "F16", "Q8_0", "Q4_0", "Q4_1"],
+                   help="type of the weight matrices (norms stay F32)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-tensor progress lines")
+    p.set_defaults(run=cmd_quantize)
+
+    p = sub.add_parser("perplexity", help="perplexity over a text file, like llama-perplexity")
+    p.add_argument("model", help=f"GGUF file, HF directory or {DEFAULT_MODEL}")
+    p.add_argument("textfile", help="UTF-8 text file")
+    p.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (default 512); the second "
+                   "half of each chunk is scored")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
+    p.set_defaults(run=cmd_perplexity)
     return parser
 
 

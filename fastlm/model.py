@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import _attention, _gather, _layers, _linear
+from . import _attention, _blocks, _gather, _layers, _linear, _qlinear, _quant
 from .config import ModelConfig
 from .errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .kvcache import KVCache
@@ -15,11 +15,14 @@ from .generation import Generation, TokenEvent, generate_steps
 from .sampling import Sampler
 from .reference import init_parameters, parameter_shapes
 from .validation import check_int, check_token_ids
+from .weights.quant import QuantizedTensor
+
+Matrix = np.ndarray | QuantizedTensor   # a weight (out, in): float, or blocks that the kernels compute on
 
 _DTYPES = (np.float32, np.float64)
 
 
-def check_params(config: ModelConfig, params: dict[str, np.ndarray]) -> None:
+def check_params(config: ModelConfig, params: dict[str, Matrix]) -> None:
     """Every tensor ``config`` needs is present with its shape (nanoGPT's habit: assert every weight)."""
     for name, shape in parameter_shapes(config).items():
         if name not in params:
@@ -54,10 +57,11 @@ class RMSNorm:
 class Workspace:
     """Activation buffers for up to ``capacity`` tokens, allocated once and reused by every layer and every
     step, and the attention kernel's scratch for those calls against caches of up to ``max_keys`` positions.
-    ``views(B, L)`` shapes them for a call over B rows of L tokens (cached per shape, so a decode loop
+    ``views(B, L)`` cuts them for a call over B rows of L tokens (cached per shape, so a decode loop
     allocates nothing)."""
 
-    def __init__(self, config: ModelConfig, dtype: np.dtype, capacity: int, max_keys: int | None = None):
+    def __init__(self, config: ModelConfig, dtype: np.dtype, capacity: int, max_keys: int | None = None,
+                 quantized: bool = False):
         c = config
         h, hkv, dk = c.num_heads, c.num_kv_heads, c.head_dim
         self.capacity = capacity
@@ -73,74 +77,77 @@ class Workspace:
             "last": c.d_model,                 # final hidden state of each row's last position
         }
         self._flat = {name: np.empty(capacity * w, dtype) for name, w in self._widths.items()}
-        self._heads = (h, dk)
         self._attn_dims, self._dtype = (h, hkv, dk), dtype
         self._views: dict[tuple[int, int], SimpleNamespace] = {}
-        self._size_attention_scratch(_attention.num_threads())
+        # The widest input of a projection: the quantized kernels' scratch holds a call's activations.
+        self._max_in = max(c.d_model, c.d_ff, h * dk) if quantized else 0
+        self._size_scratch(_attention.num_threads())
 
-    def _size_attention_scratch(self, threads: int) -> None:
-        """The attention kernel's worst case over every call this workspace serves, on ``threads`` threads."""
+    def _size_scratch(self, threads: int) -> None:
+        """The kernels' worst case over every call this workspace serves, on ``threads`` threads."""
         size = _attention.max_scratch_size(self.capacity, *self._attn_dims, self.max_keys, threads)
         self._attn_scratch = np.empty(size, self._dtype)
-        self._attn_threads = threads
+        self.qscratch = (np.empty(_qlinear.scratch_size(self.capacity, self._max_in, threads), np.uint8)
+                         if self._max_in else None)
+        self._threads = threads
         self._views.clear()                    # they hold the previous scratch
 
     def views(self, B: int, L: int) -> SimpleNamespace:
         if B * L > self.capacity:
             raise FastLMValueError(f"a call over {B} x {L} tokens exceeds the workspace capacity {self.capacity}")
         threads = _attention.num_threads()
-        if threads > self._attn_threads:       # set_num_threads raised the count since: grow, once
-            self._size_attention_scratch(threads)
+        if threads > self._threads:            # set_num_threads raised the count since: grow, once
+            self._size_scratch(threads)
         views = self._views.get((B, L))
         if views is None:
-            N, (h, dk) = B * L, self._heads
+            N = B * L
             flat = {name: buf[: N * self._widths[name]] for name, buf in self._flat.items()}
             views = SimpleNamespace(
-                x=flat["x"].reshape(N, -1), xn=flat["xn"].reshape(N, -1), qkv=flat["qkv"].reshape(B, L, -1),
-                q=flat["q"].reshape(B, L, h, dk), attn=flat["attn"].reshape(B, L, h, dk),
-                gate_up=flat["gate_up"].reshape(N, -1), act=flat["act"].reshape(N, -1),
+                x=flat["x"].reshape(N, -1),
+                layer_buffers=tuple(flat[name] for name in ("xn", "qkv", "q", "attn", "gate_up", "act")),
                 last=self._flat["last"][: B * self._widths["last"]].reshape(B, -1),
                 last_index=np.arange(L - 1, N, L, dtype=np.int64).reshape(1, B),
-                attn_scratch=self._attn_scratch)
+                attn_scratch=self._attn_scratch, qscratch=self.qscratch)
             self._views[(B, L)] = views
         return views
 
 
+def as_matrix(w: Matrix, dtype: np.dtype) -> Matrix:
+    """A weight as the model computes with it: blocks stay blocks in a float32 model (the block kernels
+    compute in float32); anything else becomes a contiguous ``dtype`` array."""
+    if isinstance(w, QuantizedTensor):
+        return w if dtype == np.float32 else w.dequantize(dtype)
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+def stacked(parts: list[Matrix], dtype: np.dtype) -> Matrix:
+    """The parts' rows in one matrix, so that a fused projection is one call: in block form when every part
+    has the same block type, else decoded to ``dtype`` (a file may mix types, e.g. a Q6_K attn_v)."""
+    parts = [as_matrix(p, dtype) for p in parts]
+    if all(isinstance(p, QuantizedTensor) for p in parts) and len({p.qtype for p in parts}) == 1:
+        return QuantizedTensor.stack(parts)
+    dense = [p.dequantize(dtype) if isinstance(p, QuantizedTensor) else p for p in parts]
+    return np.ascontiguousarray(np.concatenate(dense), dtype=dtype)
+
+
 class TransformerBlock:
-    """One pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h)).
+    """The weights of one pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h)). The compiled
+    forward pass (``fastlm._blocks``) runs it.
 
     Q/K/V weights live in one fused (q_dim + 2 kv_dim, d) matrix and gate/up in one (2 d_ff, d) matrix, so
-    each is a single GEMM; ``wq``, ``wk``, ``wv``, ``w_gate``, ``w_up`` are views into them.
+    each is a single projection. Weights are float arrays or :class:`QuantizedTensor` blocks.
     """
 
-    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], index: int, dtype: np.dtype):
+    def __init__(self, config: ModelConfig, params: dict[str, Matrix], index: int, dtype: np.dtype):
         p = lambda name: params[f"blk.{index}.{name}"]  # noqa: E731
         c = config
-        q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         self.attn_norm = RMSNorm(np.asarray(p("attn_norm"), dtype=dtype), c.norm_eps)
-        self.w_qkv = np.ascontiguousarray(np.concatenate([p("attn_q"), p("attn_k"), p("attn_v")]), dtype=dtype)
-        self.wq, self.wk, self.wv = np.split(self.w_qkv, [q_dim, q_dim + kv_dim])
-        self.wo = np.ascontiguousarray(p("attn_output"), dtype=dtype)                      # (d, q_dim)
+        self.w_qkv = stacked([p("attn_q"), p("attn_k"), p("attn_v")], dtype)                # (q_dim + 2 kv_dim, d)
+        self.wo = as_matrix(p("attn_output"), dtype)                                       # (d, q_dim)
         self.ffn_norm = RMSNorm(np.asarray(p("ffn_norm"), dtype=dtype), c.norm_eps)
-        self.w_gate_up = np.ascontiguousarray(np.concatenate([p("ffn_gate"), p("ffn_up")]), dtype=dtype)
-        self.w_gate, self.w_up = np.split(self.w_gate_up, 2)                               # (d_ff, d) each
-        self.w_down = np.ascontiguousarray(p("ffn_down"), dtype=dtype)                     # (d, d_ff)
+        self.w_gate_up = stacked([p("ffn_gate"), p("ffn_up")], dtype)                      # (2 d_ff, d)
+        self.w_down = as_matrix(p("ffn_down"), dtype)                                      # (d, d_ff)
         self.scale = 1.0 / np.sqrt(c.head_dim)
-
-    def forward(self, ws: SimpleNamespace, k_cache: np.ndarray, v_cache: np.ndarray, start_pos: np.ndarray,
-                cos: np.ndarray, sin: np.ndarray) -> None:
-        """Advance the residual stream ``ws.x`` through this block in place, writing this layer's keys and
-        values into the caches at positions start_pos[b] + i."""
-        N = ws.x.shape[0]
-        _layers.rmsnorm(ws.x, self.attn_norm.weight, self.attn_norm.eps, ws.xn)
-        _linear.linear(ws.xn, self.w_qkv, ws.qkv.reshape(N, -1))
-        _layers.rope_qkv(ws.qkv, cos, sin, start_pos, ws.q, k_cache, v_cache)
-        _attention.attention(ws.q, k_cache, v_cache, start_pos, ws.attn, self.scale, scratch=ws.attn_scratch)
-        _linear.linear(ws.attn.reshape(N, -1), self.wo, ws.x, beta=1.0)   # the residual add rides the GEMM
-        _layers.rmsnorm(ws.x, self.ffn_norm.weight, self.ffn_norm.eps, ws.xn)
-        _linear.linear(ws.xn, self.w_gate_up, ws.gate_up)
-        _layers.swiglu(ws.gate_up, ws.act)
-        _linear.linear(ws.act, self.w_down, ws.x, beta=1.0)
 
 
 class CausalLM:
@@ -166,10 +173,12 @@ class CausalLM:
                    config.rope_theta, config.norm_eps, seed=seed, dtype=dtype)
 
     @classmethod
-    def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray], dtype=np.float32) -> "CausalLM":
+    def from_params(cls, config: ModelConfig, params: dict[str, Matrix], dtype=np.float32) -> "CausalLM":
         """A model holding the given weights: GGUF tensor names (``token_embd``, ``blk.{i}.attn_q``, ...,
         ``output_norm``, ``output`` unless tied), linear weights (out, in), Q/K rows in the interleaved-pair
-        RoPE layout (see :mod:`fastlm.reference`). Shapes are checked against ``config``."""
+        RoPE layout (see :mod:`fastlm.reference`). Shapes are checked against ``config``. Matrices given as
+        :class:`~fastlm.weights.QuantizedTensor` stay in block form in a float32 model: the projections and the
+        embedding lookup compute on the blocks (activations in float32)."""
         check_params(config, params)
         model = cls.__new__(cls)
         model._build(config, params, _check_dtype(dtype))
@@ -177,16 +186,33 @@ class CausalLM:
 
     def _build(self, config: ModelConfig, params: dict[str, np.ndarray], dtype: np.dtype) -> None:
         self.config, self.dtype = config, dtype
-        self.embedding = np.ascontiguousarray(params["token_embd"], dtype=dtype)          # (V, d)
+        self.embedding = as_matrix(params["token_embd"], dtype)                             # (V, d)
         self.blocks = [TransformerBlock(config, params, i, dtype) for i in range(config.num_layers)]
         self.final_norm = RMSNorm(np.asarray(params["output_norm"], dtype=dtype), config.norm_eps)
-        output = self.embedding if config.tie_weights else np.ascontiguousarray(params["output"], dtype=dtype)
-        self.W_out = output.T                                      # (d, V); tied: a view of the embedding
+        # The output projection (V, d); tied, it is the embedding table itself, blocks included.
+        self.output = self.embedding if config.tie_weights else as_matrix(params["output"], dtype)
+        self.quantized = any(isinstance(w, QuantizedTensor) for w in self._matrices())
         # RoPE tables (max_seq_len, head_dim / 2), computed once in float64 and rounded to the model dtype.
         dk = config.head_dim
         inv_freq = config.rope_theta ** (-np.arange(0, dk, 2) / dk)
         angles = np.arange(config.max_seq_len)[:, None] * inv_freq
         self.rope_cos, self.rope_sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+        self._compiled = _blocks.Blocks(self.blocks, self.rope_cos, self.rope_sin, config.num_heads,
+                                        config.num_kv_heads)
+
+    def _matrices(self) -> Iterator[Matrix]:
+        yield self.embedding
+        if self.output is not self.embedding:
+            yield self.output
+        for b in self.blocks:
+            yield from (b.w_qkv, b.wo, b.w_gate_up, b.w_down)
+
+    @property
+    def weight_types(self) -> dict[str, int]:
+        """How many weight matrices the model computes with in each format (``"F32"``, ``"Q4_1"``, ...)."""
+        names = [w.qtype.name if isinstance(w, QuantizedTensor) else self.dtype.name.replace("float", "F")
+                 for w in self._matrices()]
+        return {n: names.count(n) for n in sorted(set(names))}
 
     @property
     def vocab_size(self) -> int:
@@ -201,12 +227,12 @@ class CausalLM:
         ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
         B, L = ids.shape
         c = self.config
-        ws = Workspace(c, self.dtype, B * L, max_keys=L).views(B, L)
-        # No cache to keep: every layer's keys and values pass through the same scratch buffers.
-        k, v = (np.empty((B, c.num_kv_heads, L, c.head_dim), self.dtype) for _ in range(2))
-        self._run(ids, [k] * c.num_layers, [v] * c.num_layers, np.zeros(B, np.int64), ws)
+        ws = Workspace(c, self.dtype, B * L, max_keys=L, quantized=self.quantized).views(B, L)
+        # No cache to keep: every layer's keys and values pass through the same buffers (a layer axis of 1).
+        k, v = (np.empty((1, B, c.num_kv_heads, L, c.head_dim), self.dtype) for _ in range(2))
+        self._run(ids, k, v, np.zeros(B, np.int64), ws)
         logits = np.empty((B * L, self.vocab_size), self.dtype)
-        self._project(ws.x, logits)
+        self._project(ws.x, logits, ws)
         return logits.reshape(B, L, -1)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
@@ -219,7 +245,7 @@ class CausalLM:
         """Activation buffers for calls over up to ``capacity`` tokens in all (B * L), into caches of up to
         ``max_keys`` (default max_seq_len) positions."""
         max_keys = None if max_keys is None else check_int("max_keys", max_keys, 1)
-        return Workspace(self.config, self.dtype, check_int("capacity", capacity, 1), max_keys)
+        return Workspace(self.config, self.dtype, check_int("capacity", capacity, 1), max_keys, self.quantized)
 
     def prefill(self, token_ids, cache: KVCache, first_row: int = 0, workspace: Workspace | None = None,
                 out: np.ndarray | None = None) -> np.ndarray:
@@ -247,7 +273,7 @@ class CausalLM:
         _gather.embedding_gather(views.x, views.last_index, views.last.reshape(1, B, -1))
         if out is None:
             out = np.empty((B, self.vocab_size), self.dtype)
-        self._project(views.last, out)
+        self._project(views.last, out, views)
         return out
 
     def decode(self, tokens, cache: KVCache, first_row: int = 0, workspace: Workspace | None = None,
@@ -270,18 +296,25 @@ class CausalLM:
                                    f"max_len {cache.max_len}")
         return rows
 
-    def _run(self, ids: np.ndarray, k_layers, v_layers, start_pos: np.ndarray, ws: SimpleNamespace) -> None:
+    def _run(self, ids: np.ndarray, k: np.ndarray, v: np.ndarray, start_pos: np.ndarray,
+             ws: SimpleNamespace) -> None:
         """Embed validated ids (B, L) and run them through every block: the final residual stream is in
-        ws.x (B * L, d); each layer's keys and values are written at positions start_pos[b] + i."""
+        ws.x (B * L, d); each layer's keys and values go into k, v (layers, B, hkv, T, dk) at positions
+        start_pos[b] + i."""
         B, L = ids.shape
-        _gather.embedding_gather(self.embedding, ids, ws.x.reshape(B, L, -1))
-        for block, k, v in zip(self.blocks, k_layers, v_layers):
-            block.forward(ws, k, v, start_pos, self.rope_cos, self.rope_sin)
+        if isinstance(self.embedding, QuantizedTensor):
+            _quant.gather_rows(self.embedding.data, self.embedding.qtype, ids, ws.x.reshape(B, L, -1))
+        else:
+            _gather.embedding_gather(self.embedding, ids, ws.x.reshape(B, L, -1))
+        self._compiled.run(ws.x, *ws.layer_buffers, k, v, start_pos, ws.attn_scratch, ws.qscratch)
 
-    def _project(self, hidden: np.ndarray, out: np.ndarray) -> None:
+    def _project(self, hidden: np.ndarray, out: np.ndarray, ws: SimpleNamespace) -> None:
         """Final RMSNorm (in place) and the output projection of hidden (M, d) into out (M, V)."""
         self.final_norm.forward(hidden, out=hidden)
-        _linear.linear(hidden, self.W_out.T, out)                 # W_out.T is the (V, d) row-major table
+        if isinstance(self.output, QuantizedTensor):
+            _qlinear.linear(hidden, self.output.data, self.output.qtype, out, 0.0, ws.qscratch)
+        else:
+            _linear.linear(hidden, self.output, out)
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, eos_token_id=None, seed=None, *,

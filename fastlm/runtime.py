@@ -12,7 +12,7 @@ import os
 
 from threadpoolctl import threadpool_limits
 
-from . import _attention, _linear, _sampling
+from . import _attention, _blocks, _linear, _qlinear, _sampling
 from .errors import FastLMValueError
 from .validation import check_int
 
@@ -45,10 +45,10 @@ def get_num_threads() -> int:
 def set_simd(enabled: bool) -> None:
     """Run the kernels' AVX2/FMA paths (True: the default where the CPU has them) or their portable
     fallbacks (False). ``FASTLM_SIMD=0`` in the environment turns them off at import."""
-    for kernels in (_attention, _linear, _sampling):
+    for kernels in (_attention, _blocks, _linear, _qlinear, _sampling):
         kernels.set_simd(bool(enabled))
 
 
 def simd_enabled() -> bool:
     """True when the AVX2/FMA paths run."""
-    return _attention.simd_enabled() and _sampling.simd_enabled()
+    return all(k.simd_enabled() for k in (_attention, _blocks, _linear, _qlinear, _sampling))

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import fastlm
 from fastlm import reference
 from fastlm.errors import FastLMError
+from fastlm.quantize import QUANT_TYPES, quantize_file
 from fastlm.tokenizer import Tokenizer
 from fastlm.weights import GGUFFile, fetch_default_model
 
@@ -56,4 +58,19 @@ def smollm2_tokenizer(smollm2_metadata) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf_path) -> fastlm.LanguageModel:
+    """The float32 path: every weight dequantised, as Hugging Face computes the golden outputs."""
+    return fastlm.load(smollm2_gguf_path, dequantize=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_quantized(smollm2_gguf_path) -> fastlm.LanguageModel:
+    """The default load: Q4_1 / Q8_0 blocks computed on in place."""
     return fastlm.load(smollm2_gguf_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_formats(smollm2_gguf_path, tmp_path_factory) -> dict[str, Path]:
+    """The real model re-encoded by ``fastlm quantize`` as every type it writes: {type name: path}."""
+    folder = tmp_path_factory.mktemp("formats")
+    yield {t: quantize_file(smollm2_gguf_path, folder / f"smollm2-{t}.gguf", t).dst for t in QUANT_TYPES}
+    shutil.rmtree(folder, ignore_errors=True)        # ~1.1 GB: not worth keeping among pytest's last runs

@@ -16,13 +16,19 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_generate_streams_the_greedy_continuation(capsys, smollm2_gguf_path, smollm2):
-    prompt = GOLDEN["prompts"][0]
-    code, out, err = run(capsys, "generate", "--model", smollm2_gguf_path, "--temperature", 0, "-n", 8,
-                         prompt["prompt"])
+def test_generate_streams_the_greedy_continuation(capsys, smollm2_gguf_path, smollm2_quantized):
+    prompt = GOLDEN["prompts"][0]["prompt"]
+    code, out, err = run(capsys, "generate", "--model", smollm2_gguf_path, "--temperature", 0, "-n", 8, prompt)
     assert code == 0 and "loaded" in err
-    expected = smollm2.decode(prompt["greedy_new_ids"][:8], skip_special_tokens=True)
-    assert out == expected + "\n"
+    assert out == smollm2_quantized.generate(prompt, 8, temperature=0) + "\n"
+
+
+def test_generate_dequantized_follows_the_golden_greedy_path(capsys, smollm2_gguf_path, smollm2):
+    prompt = GOLDEN["prompts"][0]
+    code, out, _ = run(capsys, "generate", "-m", smollm2_gguf_path, "--dequantize", "--temperature", 0, "-n", 8,
+                       prompt["prompt"])
+    assert code == 0
+    assert out == smollm2.decode(prompt["greedy_new_ids"][:8], skip_special_tokens=True) + "\n"
 
 
 def test_generate_with_a_seed_is_reproducible(capsys, smollm2_gguf_path):
@@ -32,7 +38,7 @@ def test_generate_with_a_seed_is_reproducible(capsys, smollm2_gguf_path):
 
 def test_chat_keeps_history_and_resets(capsys, monkeypatch, smollm2_gguf_path):
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n/reset\n\n/exit\nnever read\n"))
-    code, out, _ = run(capsys, "chat", "-m", smollm2_gguf_path, "--temperature", 0, "-n", 16)
+    code, out, _ = run(capsys, "chat", "-m", smollm2_gguf_path, "--dequantize", "--temperature", 0, "-n", 16)
     assert code == 0
     assert out == "The capital of France is Paris.\n"
 
@@ -53,7 +59,22 @@ def test_tokenize(capsys, smollm2_gguf_path):
 def test_bench(capsys, smollm2_gguf_path):
     code, out, _ = run(capsys, "bench", smollm2_gguf_path, "-p", 16, "-n", 4, "-r", 1, "-t", 1)
     assert code == 0
-    assert "| pp16 |" in out and "| tg4 |" in out
+    assert "| pp16 |" in out and "| tg4 |" in out and "| 120 Q4_1, 1 Q8_0 | 93.8 MiB | 1 |" in out
+
+
+def test_bench_each_format(capsys, smollm2_gguf_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTLM_CACHE", str(tmp_path))
+    for _ in range(2):                                   # the second run reuses the files of the first
+        code, out, err = run(capsys, "bench", smollm2_gguf_path, "--types", "f16,Q4_0", "-p", 8, "-n", 2,
+                             "-r", 1, "-t", 1)
+        assert code == 0
+        rows = [line for line in out.splitlines() if line.startswith("| SmolLM2")]
+        assert [row.split(" | ")[0:2] for row in rows] == [
+            ["| SmolLM2-135M-Instruct.Q4_1.F16.gguf", "121 F16"]] * 2 + [
+            ["| SmolLM2-135M-Instruct.Q4_1.Q4_0.gguf", "120 Q4_0, 1 Q8_0"]] * 2
+    assert err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SmolLM2-135M-Instruct.Q4_1.F16.gguf",
+                                                           "SmolLM2-135M-Instruct.Q4_1.Q4_0.gguf"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -79,3 +100,75 @@ def test_help(command):
     argv = [sys.executable, "-m", "fastlm", *([command] if command else []), "--help"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: fastlm" in result.stdout
+
+
+# ------------------------------------------------------------------------------- quantize and perplexity
+
+TEXT_FILE = __import__("pathlib").Path(__file__).parent / "data" / "english.txt"
+
+
+def test_quantize(capsys, smollm2_gguf_path, tmp_path):
+    from fastlm.weights import GGUFFile
+    out_path = tmp_path / "smollm2-q8_0.gguf"
+    code, out, err = run(capsys, "quantize", smollm2_gguf_path, out_path, "--type", "q8_0")
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == 272 and lines[0].startswith("[  1/272] token_embd.weight")
+    assert lines[0].endswith("Q8_0 -> Q8_0")
+    assert "blk.0.attn_norm.weight" in err and "F32 -> F32" in err and "Q4_1 -> Q8_0" in err
+    assert out.startswith("quantized ") and "(98.4 MB)" in out and "Q8_0): 272 tensors (61 F32, 211 Q8_0)" in out
+    types = {t.type_name for t in GGUFFile(out_path).tensors.values()}
+    assert types == {"F32", "Q8_0"}
+    code, out, err = run(capsys, "quantize", "-q", smollm2_gguf_path, out_path, "--type", "Q4_0")
+    assert code == 0 and err == "" and "Q4_0" in out
+    out_path.unlink()
+
+
+@pytest.mark.parametrize("make_argv, message", [
+    (lambda src, tmp: ["quantize", "/no/such/model.gguf", tmp / "o.gguf", "--type", "Q4_0"], "no such file"),
+    (lambda src, tmp: ["quantize", src, src, "--type", "Q4_0"], "is the input file"),
+    (lambda src, tmp: ["quantize", src, tmp / "missing" / "o.gguf", "--type", "Q4_0"], "does not exist"),
+    (lambda src, tmp: ["perplexity", src, tmp / "missing.txt"], "missing.txt"),
+    (lambda src, tmp: ["perplexity", "/no/such/model.gguf", TEXT_FILE], "/no/such/model.gguf"),
+])
+def test_quantize_and_perplexity_mistakes(capsys, smollm2_gguf_path, tmp_path, make_argv, message):
+    code, out, err = run(capsys, *make_argv(smollm2_gguf_path, tmp_path))
+    assert code == 1 and out == ""
+    assert err.startswith("fastlm: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_quantize_rejects_an_unknown_type(capsys, smollm2_gguf_path, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(smollm2_gguf_path), str(tmp_path / "o.gguf"), "--type", "Q5_K"])
+    assert exit_info.value.code == 2 and "invalid choice: 'Q5_K'" in capsys.readouterr().err
+
+
+def test_perplexity(capsys, smollm2_gguf_path):
+    code, out, err = run(capsys, "perplexity", smollm2_gguf_path, TEXT_FILE, "--ctx", 256, "-t", 2)
+    assert code == 0
+    progress = [line for line in err.splitlines() if line.startswith("[")]
+    assert [p.split("]")[0] for p in progress] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert out.startswith("perplexity: ") and "over 508 tokens (4 chunks of 256" in out
+    ppl = float(out.split()[1])
+    assert 10 < ppl < 40 and float(progress[-1].split()[1]) == pytest.approx(ppl, abs=1e-4)
+
+
+def test_perplexity_needs_enough_text(capsys, smollm2_gguf_path, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("A short sentence of plain English words.", encoding="utf-8")
+    code, out, err = run(capsys, "perplexity", smollm2_gguf_path, short)
+    assert code == 1 and out == "" and "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("fastlm: error: the text has 8 tokens, fewer than one chunk of n_ctx = 512")
+    assert "--ctx" in last
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00 not utf-8")
+    code, _, err = run(capsys, "perplexity", smollm2_gguf_path, binary)
+    assert code == 1 and "not UTF-8" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["quantize", "perplexity"])
+def test_help_of_the_new_commands(command):
+    result = subprocess.run([sys.executable, "-m", "fastlm", command, "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and f"usage: fastlm {command}" in result.stdout

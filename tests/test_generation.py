@@ -216,22 +216,31 @@ def test_chunked_prefill_matches_one_pass(model, rng, monkeypatch):
 
 
 def test_generation_flops_with_cache_counts_what_the_engine_does(model, rng, monkeypatch):
-    """Count the multiply-adds of every projection and attention call during a cached generation."""
+    """Count the multiply-adds of every pass through the blocks and of every output projection during a
+    cached generation, from the shapes each call actually gets."""
     flops = []
-    linear, attention = _linear.linear, _attention.attention
+    c = model.config
+    q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    per_token = c.d_model * (q_dim + 2 * kv_dim) + q_dim * c.d_model + 3 * c.d_model * c.d_ff
+
+    class CountingBlocks:
+        def __init__(self, compiled):
+            self.compiled = compiled
+
+        def run(self, x, *buffers):
+            start_pos = buffers[8]
+            L = x.shape[0] // len(start_pos)
+            keys = sum(int(s) + i + 1 for s in start_pos for i in range(L))
+            flops.append(c.num_layers * (2 * x.shape[0] * per_token + 2 * 2 * q_dim * keys))
+            return self.compiled.run(x, *buffers)
+
+    monkeypatch.setattr(model, "_compiled", CountingBlocks(model._compiled))
+    linear = _linear.linear
     monkeypatch.setattr(_linear, "linear", lambda x, w, out, beta=0.0: (
         flops.append(2 * x.shape[0] * x.shape[1] * w.shape[0]), linear(x, w, out, beta))[1])
-
-    def counted_attention(q, k, v, start_pos, out, scale, **kw):
-        B, L, h, dk = q.shape
-        keys = sum(int(s) + i + 1 for s in start_pos for i in range(L))
-        flops.append(2 * 2 * h * dk * keys)
-        return attention(q, k, v, start_pos, out, scale, **kw)
-    monkeypatch.setattr(_attention, "attention", counted_attention)
     p, n = 6, 5
     (r,) = model.generate_batch([rng.integers(0, 97, size=p)], n, greedy=True)
     assert len(r.tokens) == n
-    c = model.config
     expected = fastlm.generation_flops_with_cache(p, n, c.vocab_size, c.d_model, c.num_layers, c.num_heads,
                                                   c.num_kv_heads, c.d_ff)
     # The engine never runs the last new token through the model: nothing needs its logits.

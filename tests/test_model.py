@@ -18,7 +18,8 @@ def pair():
 def test_same_seed_same_weights(pair):
     ref, f64, f32 = pair
     np.testing.assert_array_equal(f64.embedding, ref.embedding)
-    np.testing.assert_array_equal(f64.blocks[1].wk, ref.blocks[1].attention.wk)
+    q_dim, kv_dim = TINY["d_model"], TINY["num_kv_heads"] * TINY["d_model"] // TINY["num_heads"]
+    np.testing.assert_array_equal(f64.blocks[1].w_qkv[q_dim:q_dim + kv_dim], ref.blocks[1].attention.wk)
     np.testing.assert_array_equal(f32.blocks[1].w_down, ref.blocks[1].ffn.w_down.astype(np.float32))
     assert f32.embedding.dtype == np.float32 and f64.embedding.dtype == np.float64
 
@@ -45,8 +46,8 @@ def test_parity_on_a_real_model_shape(rng):
 
 def test_tied_output_is_a_view(pair):
     m = fastlm.CausalLM(**TINY, tie_weights=True, seed=0)
-    assert m.W_out.shape == (32, 97) and np.shares_memory(m.W_out, m.embedding)
-    assert not np.shares_memory(pair[1].W_out, pair[1].embedding)
+    assert m.output is m.embedding and m.output.shape == (97, 32)
+    assert not np.shares_memory(pair[1].output, pair[1].embedding)
 
 
 def test_causality_exact(pair, rng):

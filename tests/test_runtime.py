@@ -52,6 +52,7 @@ def test_simd_switch_covers_every_simd_kernel():
     try:
         fastlm.set_simd(False)
         assert not fastlm.simd_enabled()
-        assert not fastlm._attention.simd_enabled() and not fastlm._sampling.simd_enabled()
+        for kernels in (fastlm._attention, fastlm._blocks, fastlm._linear, fastlm._qlinear, fastlm._sampling):
+            assert not kernels.simd_enabled(), kernels.__name__
     finally:
         fastlm.set_simd(before)

@@ -30,7 +30,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from ..reference import parameter_shapes
-from .quant import BLOCK_SIZES, GGMLType, dequantize
+from .quant import BLOCK_SIZES, KERNEL_TYPES, GGMLType, QuantizedTensor, dequantize
 
 __all__ = ["GGUFFile", "TensorInfo", "load_gguf", "ARCHITECTURES"]
 
@@ -233,8 +233,19 @@ class GGUFFile:
             self._fail(f"no tensor {name!r}")
         if info.nbytes is None:
             self._fail(info.unsupported())
-        raw = np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
-        return dequantize(raw, info.qtype, info.shape, dtype)
+        return dequantize(self._raw(info), info.qtype, info.shape, dtype)
+
+    def quantized(self, name: str) -> QuantizedTensor:
+        """Matrix ``name`` as stored, without decoding: its blocks are a read-only view of the map."""
+        info = self.tensors.get(name)
+        if info is None:
+            self._fail(f"no tensor {name!r}")
+        if info.nbytes is None or len(info.shape) != 2:
+            self._fail(info.unsupported() if info.nbytes is None else f"tensor {name!r} is not a matrix")
+        return QuantizedTensor(self._raw(info), info.qtype, info.shape)
+
+    def _raw(self, info: TensorInfo) -> np.ndarray:
+        return np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
 
 
 def _map_file(path: Path, kind: str) -> mmap.mmap:
@@ -307,12 +318,14 @@ def _config(gguf: GGUFFile) -> ModelConfig:
     return config
 
 
-def load_gguf(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Any]]:
+def load_gguf(path, dtype=np.float32, quantized: bool = False
+              ) -> tuple[ModelConfig, dict[str, np.ndarray | QuantizedTensor], dict[str, Any]]:
     """Load a Llama-family GGUF file: ``(config, params, metadata)``.
 
     ``params`` uses fastlm's names (GGUF's without ``.weight``) and shapes (:func:`fastlm.reference.
     parameter_shapes`), decoded to ``dtype``; F32 tensors loaded as float32 are read-only views of the
-    memory-mapped file. Q/K rows stay as stored: llama.cpp's converter already laid them out for
+    memory-mapped file. With ``quantized``, matrices of the types fastlm computes on (:data:`KERNEL_TYPES`)
+    stay as stored, :class:`QuantizedTensor` views of the map. Q/K rows stay as stored: llama.cpp's converter already laid them out for
     interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value pair of the file (see
     :class:`GGUFFile`), tokenizer keys included. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
     """
@@ -334,5 +347,8 @@ def load_gguf(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.ndarray
             gguf._fail(f"tensor '{name}.weight' has shape {info.shape}, expected {shape}")
         if info.nbytes is None:
             gguf._fail(info.unsupported())
-    params = {name: gguf.tensor(f"{name}.weight", dtype) for name in shapes}
+    keep = {name for name in shapes if quantized and len(shapes[name]) == 2
+            and gguf.tensors[f"{name}.weight"].qtype in KERNEL_TYPES}
+    params = {name: gguf.quantized(f"{name}.weight") if name in keep else gguf.tensor(f"{name}.weight", dtype)
+              for name in shapes}
     return config, params, gguf.metadata

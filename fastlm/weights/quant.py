@@ -31,7 +31,7 @@ import numpy as np
 from .. import _quant
 from ..errors import FastLMTypeError, ModelFormatError
 
-__all__ = ["GGMLType", "BLOCK_SIZES", "tensor_nbytes", "dequantize"]
+__all__ = ["GGMLType", "BLOCK_SIZES", "KERNEL_TYPES", "QuantizedTensor", "tensor_nbytes", "dequantize"]
 
 
 class GGMLType(IntEnum):
@@ -93,3 +93,48 @@ def dequantize(raw: np.ndarray, qtype, shape: tuple[int, ...], dtype=np.float32)
     out = np.empty(shape, dtype)
     _quant.dequantize(raw, int(qtype), out.reshape(-1))
     return out
+
+
+# Types that fastlm multiplies by in place (fastlm._qlinear), so matrices of these types stay as stored.
+KERNEL_TYPES = (GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K)
+
+
+class QuantizedTensor:
+    """A weight matrix kept in its block format: ``data`` (rows, row_bytes) uint8 holds each row's blocks as
+    the file stores them (often a read-only view of the memory-mapped file), ``shape`` is the logical
+    (rows, columns) float matrix. fastlm's compiled kernels multiply by it and gather its rows directly."""
+
+    __slots__ = ("data", "qtype", "shape")
+
+    def __init__(self, data: np.ndarray, qtype, shape: tuple[int, int]):
+        qtype = _check_qtype(qtype)
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 2:
+            raise FastLMTypeError(f"a QuantizedTensor is a matrix, got shape {shape}")
+        row_bytes = tensor_nbytes(qtype, shape[1:])
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size != shape[0] * row_bytes:
+            raise ModelFormatError(f"a {qtype.name} matrix of shape {shape} takes {shape[0] * row_bytes} bytes, "
+                                   f"got {getattr(data, 'size', data)!r}")
+        self.data = np.ascontiguousarray(data).reshape(shape[0], row_bytes)
+        self.qtype, self.shape = qtype, shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def dequantize(self, dtype=np.float32) -> np.ndarray:
+        """The float matrix these blocks encode."""
+        return dequantize(self.data, self.qtype, self.shape, dtype)
+
+    @classmethod
+    def stack(cls, parts: list["QuantizedTensor"]) -> "QuantizedTensor":
+        """The matrices' rows one after another (one type, one width): a fused projection's weight."""
+        first = parts[0]
+        if any(p.qtype != first.qtype or p.shape[1] != first.shape[1] for p in parts):
+            raise FastLMTypeError("stacked matrices need one type and one width, got "
+                                  + ", ".join(f"{p.qtype.name} {p.shape}" for p in parts))
+        data = np.concatenate([p.data for p in parts])
+        return cls(data, first.qtype, (data.shape[0], first.shape[1]))
+
+    def __repr__(self) -> str:
+        return f"QuantizedTensor({self.qtype.name}, shape={self.shape})"

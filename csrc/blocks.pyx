@@ -1,0 +1,233 @@
+# Every transformer block of a forward pass in one compiled call.
+#
+# A decode step of a small model is many small kernels: SmolLM2-135M runs 30 blocks of 9 each per token. Called
+# one by one from Python, each pays for argument parsing, buffer acquisition and its own checks, about 3 us
+# apiece, 0.7 ms a token in all. Here the checks run once per pass, then the same kernels (the *_core.pxi
+# files, shared with the single-kernel modules) run back to back on raw pointers without the GIL: one Python
+# call per forward pass, whatever the number of layers.
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport INFINITY, exp, expf, sqrt
+from libc.stdint cimport int8_t, int64_t, uint8_t, uintptr_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+from openmp cimport omp_get_max_threads
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+import os
+
+import numpy as np
+
+from fastlm.errors import FastLMValueError
+from fastlm.weights.quant import QuantizedTensor
+
+ctypedef fused floating:
+    float
+    double
+
+include "layers_core.pxi"
+include "linear_core.pxi"
+include "attention_core.pxi"
+include "qlinear_core.pxi"
+
+cdef bint _cpu_simd = lin_cpu_has_avx2_fma() and attn_cpu_has_avx2_fma() and ql_cpu_has_avx2()
+cdef bint _simd = _cpu_simd and os.environ.get("FASTLM_SIMD", "1") != "0"
+
+
+def set_simd(bint enabled):
+    """Run the AVX2/FMA kernels (True, where the CPU has them) or the portable ones (False)."""
+    global _simd
+    _simd = enabled and _cpu_simd
+
+
+def simd_enabled():
+    """True when the fused pass runs the AVX2/FMA kernels."""
+    return bool(_simd)
+
+
+cdef struct Matrix:
+    const void* data       # rows of the model's float type, or of GGUF blocks
+    int qtype              # DENSE, or the ggml type of the blocks
+    int rows, cols
+
+
+cdef struct Layer:
+    const void* attn_norm
+    const void* ffn_norm
+    Matrix qkv, wo, gate_up, down
+
+
+cdef enum:
+    DENSE = -1
+
+
+cdef const void* _address(a, dtype):
+    """The data of a C-contiguous array of ``dtype`` (raises otherwise)."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
+        raise TypeError(f"expected a C-contiguous {np.dtype(dtype)} array, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+    return <const void*><size_t>a.ctypes.data
+
+
+cdef Matrix _matrix(w, dtype) except *:
+    cdef Matrix m
+    if isinstance(w, QuantizedTensor):
+        if dtype != np.float32:
+            raise TypeError("block-quantized weights need a float32 model")
+        m.data, m.qtype = _address(w.data, np.uint8), int(w.qtype)
+        check_qtype(m.qtype, w.shape[1])
+    else:
+        m.data, m.qtype = _address(w, dtype), DENSE
+    m.rows, m.cols = w.shape
+    return m
+
+
+cdef class Blocks:
+    """A model's transformer blocks as the pointers that :func:`run` reads: built once per model, it holds
+    references to every array it points into. ``blocks`` are :class:`fastlm.model.TransformerBlock`s."""
+
+    cdef Layer* layers
+    cdef readonly int num_layers, d_model, num_heads, num_kv_heads, head_dim, d_ff, max_in
+    cdef readonly bint quantized
+    cdef double eps, scale
+    cdef object dtype
+    cdef const void* cos
+    cdef const void* sin
+    cdef Py_ssize_t rope_len
+    cdef list _keep
+
+    def __cinit__(self, blocks, cos, sin, int num_heads, int num_kv_heads):
+        self.dtype = cos.dtype
+        if self.dtype not in (np.float32, np.float64) or sin.dtype != self.dtype or cos.shape != sin.shape:
+            raise TypeError("cos and sin must be float32 or float64 tables of one shape")
+        self.num_layers, self.num_heads, self.num_kv_heads = len(blocks), num_heads, num_kv_heads
+        self.head_dim = 2 * cos.shape[1]
+        self.rope_len = cos.shape[0]
+        self.cos, self.sin = _address(cos, self.dtype), _address(sin, self.dtype)
+        self._keep = [cos, sin]
+        self.layers = <Layer*>malloc(max(1, self.num_layers) * sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        cdef Layer* layer
+        cdef int i
+        for i, block in enumerate(blocks):
+            layer = &self.layers[i]
+            layer.attn_norm = _address(block.attn_norm.weight, self.dtype)
+            layer.ffn_norm = _address(block.ffn_norm.weight, self.dtype)
+            layer.qkv = _matrix(block.w_qkv, self.dtype)
+            layer.wo = _matrix(block.wo, self.dtype)
+            layer.gate_up = _matrix(block.w_gate_up, self.dtype)
+            layer.down = _matrix(block.w_down, self.dtype)
+            self._keep.append(block)
+            self.eps, self.scale = block.attn_norm.eps, block.scale
+        first = blocks[0]
+        self.d_model, self.d_ff = first.wo.shape[0], first.w_down.shape[1]
+        self.max_in = max(self.d_model, self.d_ff, num_heads * self.head_dim)
+        self.quantized = any(isinstance(w, QuantizedTensor)
+                             for b in blocks for w in (b.w_qkv, b.wo, b.w_gate_up, b.w_down))
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def run(self, floating[:, ::1] x, floating[::1] xn, floating[::1] qkv, floating[::1] q, floating[::1] attn,
+            floating[::1] gate_up, floating[::1] act, floating[:, :, :, :, :] k_cache,
+            floating[:, :, :, :, :] v_cache, const int64_t[::1] start_pos, floating[::1] attn_scratch,
+            uint8_t[::1] qscratch=None):
+        """Advance the residual stream x (B * L, d), row b's L tokens at positions start_pos[b] + i, through
+        every block in place, writing each layer's keys and values into k_cache / v_cache (layers, B, hkv, T,
+        dk): each layer's (B, hkv, T, dk) part contiguous; a first axis of 1 is one buffer that every layer
+        reuses. xn ... act are activation buffers of at least B * L times their row widths; attn_scratch
+        holds attention's scratch for these shapes, qscratch the block kernels' (quantized weights)."""
+        cdef int B = start_pos.shape[0], h = self.num_heads, hkv = self.num_kv_heads, dk = self.head_dim
+        cdef Py_ssize_t N = x.shape[0], T = k_cache.shape[3], i
+        cdef int L = <int>(N // B) if B else 0
+        if B == 0 or N == 0 or N % B:
+            raise ValueError(f"blocks.run: x has {N} rows, not a positive multiple of the {B} start positions")
+        if floating is float:
+            if self.dtype != np.float32:
+                raise TypeError("blocks.run: float32 buffers for a float64 model")
+        elif self.dtype != np.float64:
+            raise TypeError("blocks.run: float64 buffers for a float32 model")
+        if x.shape[1] != self.d_model:
+            raise ValueError(f"blocks.run: x rows have {x.shape[1]} values, the model {self.d_model}")
+        for name, buf, width in (("xn", xn.shape[0], self.d_model), ("qkv", qkv.shape[0], (h + 2 * hkv) * dk),
+                                 ("q", q.shape[0], h * dk), ("attn", attn.shape[0], h * dk),
+                                 ("gate_up", gate_up.shape[0], 2 * self.d_ff), ("act", act.shape[0], self.d_ff)):
+            if buf < N * width:
+                raise ValueError(f"blocks.run: {name} holds {buf} values, fewer than {N} x {width}")
+        cdef Py_ssize_t k_layer = _check_cache("k_cache", k_cache, self.num_layers, B, hkv, dk)
+        cdef Py_ssize_t v_layer = _check_cache("v_cache", v_cache, self.num_layers, B, hkv, dk)
+        if _dims(v_cache.shape, 5)[1:] != _dims(k_cache.shape, 5)[1:]:
+            raise ValueError("blocks.run: k_cache and v_cache differ in shape")
+        cdef int64_t lo = start_pos[0], hi = start_pos[0]
+        for i in range(B):
+            lo, hi = min(lo, start_pos[i]), max(hi, start_pos[i])
+        if lo < 0 or hi + L > min(T, self.rope_len):
+            raise ValueError(f"blocks.run: start positions {lo}..{hi} with {L} tokens do not fit the cache ({T}) "
+                             f"and RoPE table ({self.rope_len}) lengths")
+        cdef Py_ssize_t need = _plan(B, L, h, hkv, dk, hi + L, omp_get_max_threads()).elements
+        if attn_scratch.shape[0] < need:
+            raise ValueError(f"blocks.run: attn_scratch holds {attn_scratch.shape[0]} values, fewer than {need}")
+        cdef uint8_t* qs = NULL
+        if self.quantized:
+            need = qlinear_scratch_size(N, self.max_in, omp_get_max_threads())
+            if qscratch is None or qscratch.shape[0] < need:
+                raise ValueError(f"blocks.run: qscratch must hold {need} bytes for {N} tokens")
+            qs = &qscratch[0]
+        with nogil:
+            self._run(&x[0, 0], &xn[0], &qkv[0], &q[0], &attn[0], &gate_up[0], &act[0],
+                      &k_cache[0, 0, 0, 0, 0], k_layer, &v_cache[0, 0, 0, 0, 0], v_layer, &start_pos[0],
+                      B, L, T, hi, &attn_scratch[0], qs)
+
+    cdef void _run(self, floating* x, floating* xn, floating* qkv, floating* q, floating* attn,
+                   floating* gate_up, floating* act, floating* k_cache, Py_ssize_t k_layer, floating* v_cache,
+                   Py_ssize_t v_layer, const int64_t* start_pos, int B, int L, Py_ssize_t T, int64_t hi,
+                   floating* attn_scratch, uint8_t* qscratch) noexcept nogil:
+        cdef int n = B * L, h = self.num_heads, hkv = self.num_kv_heads, dk = self.head_dim, i
+        cdef bint simd = _simd
+        cdef Layer* layer
+        cdef floating* kc
+        cdef floating* vc
+        for i in range(self.num_layers):
+            layer = &self.layers[i]
+            kc, vc = k_cache + i * k_layer, v_cache + i * v_layer
+            rmsnorm_run(x, <const floating*>layer.attn_norm, self.eps, xn, n, self.d_model)
+            _matmul(xn, &layer.qkv, qkv, n, 0, simd, qscratch)
+            rope_qkv_run(qkv, <const floating*>self.cos, <const floating*>self.sin, start_pos, q, kc, vc,
+                         B, L, h, hkv, dk, T)
+            attention_run(q, kc, vc, start_pos, attn, B, L, h, hkv, dk, T, hi, self.scale, attn_scratch, simd)
+            _matmul(attn, &layer.wo, x, n, 1, simd, qscratch)       # the residual add rides the projection
+            rmsnorm_run(x, <const floating*>layer.ffn_norm, self.eps, xn, n, self.d_model)
+            _matmul(xn, &layer.gate_up, gate_up, n, 0, simd, qscratch)
+            swiglu_run(gate_up, act, n, self.d_ff)
+            _matmul(act, &layer.down, x, n, 1, simd, qscratch)
+
+
+cdef tuple _dims(Py_ssize_t* shape, int ndim):
+    """A memoryview's shape (or strides) as a tuple, for error messages."""
+    return tuple([shape[i] for i in range(ndim)])
+
+
+cdef Py_ssize_t _check_cache(str name, floating[:, :, :, :, :] c, int layers, int B, int hkv, int dk) except -1:
+    """The cache's layer stride in elements (0 for one buffer shared by all layers), once its shape and the
+    contiguity of each layer's part are checked."""
+    cdef Py_ssize_t item = sizeof(floating), T = c.shape[3]
+    if c.shape[0] not in (1, layers) or c.shape[1] != B or c.shape[2] != hkv or c.shape[4] != dk:
+        raise ValueError(f"blocks.run: {name} has shape {_dims(c.shape, 5)}, expected ({layers} or 1, {B}, "
+                         f"{hkv}, T, {dk})")
+    if (c.strides[4] != item or c.strides[3] != dk * item or c.strides[2] != T * dk * item
+            or c.strides[1] != hkv * T * dk * item):
+        raise ValueError(f"blocks.run: each layer of {name} must be C-contiguous, strides {_dims(c.strides, 5)}")
+    if c.shape[0] == 1:
+        return 0
+    if c.strides[0] % item:
+        raise ValueError(f"blocks.run: {name}'s layer stride is not a whole number of elements")
+    return c.strides[0] // item
+
+
+cdef inline void _matmul(const floating* x, const Matrix* w, floating* out, int n, int beta, bint simd,
+                         uint8_t* qscratch) noexcept nogil:
+    """out (n, rows) = x (n, cols) @ w.T + beta * out, on the dense or the block kernels."""
+    if w.qtype == DENSE:
+        linear_run(x, <const floating*>w.data, out, n, w.cols, w.rows, beta, simd)
+    elif floating is float:
+        qlinear_run(x, <const uint8_t*>w.data, w.qtype, out, n, w.cols, w.rows, beta, qscratch, simd)

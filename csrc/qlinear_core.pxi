@@ -1,0 +1,173 @@
+# Projections on GGUF block-quantized weights on raw pointers, without the GIL; qlinear.pyx explains the paths
+# and their measurements. Included by qlinear.pyx and blocks.pyx.
+# Needs: prange, uint8_t, uintptr_t, omp_get_max_threads, sgemm, FastLMValueError.
+from libc.stdint cimport int16_t
+
+cdef extern from "qlinear_impl.h" nogil:
+    int ql_cpu_has_avx2()
+    void ql_quant_rows(const float* x, int n, int k, int16_t* q, float* d, float* s, int simd)
+    void ql_small_q(int qtype, const int16_t* xq, const float* xd, const float* xs, int n, int k,
+                    const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta)
+    void ql_small_q_avx2(int qtype, const int16_t* xq, const float* xd, const float* xs, int n, int k,
+                         const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta)
+    void ql_small_f16_avx2(const float* x, int n, int k, const uint8_t* w, int rows, float* out, int ld_out,
+                           float beta)
+    void ql_small_dec(int qtype, const float* x, int n, int k, const uint8_t* w, size_t row_bytes, int rows,
+                      float* out, int ld_out, float beta, float* buf, int simd)
+    void ql_decode_rows(int qtype, const uint8_t* w, size_t row_bytes, int rows, int k, float* y, int simd)
+
+# ggml type ids
+cdef enum:
+    T_F16 = 1
+    T_Q4_0 = 2
+    T_Q4_1 = 3
+    T_Q8_0 = 8
+    T_Q4_K = 12
+    T_Q6_K = 14
+
+# (elements, bytes) per block of each supported type.
+QL_BLOCKS = {T_F16: (1, 2), T_Q4_0: (32, 18), T_Q4_1: (32, 20), T_Q8_0: (32, 34), T_Q4_K: (256, 144),
+          T_Q6_K: (256, 210)}
+NAMES = {T_F16: "F16", T_Q4_0: "Q4_0", T_Q4_1: "Q4_1", T_Q8_0: "Q8_0", T_Q4_K: "Q4_K", T_Q6_K: "Q6_K"}
+
+# Weight rows per panel of the prefill path: as many as fit PANEL_BYTES of float32 (in L2), a multiple of 16,
+# 16 to 256. Each sgemm call packs x again, so panels should not be too small (see MEASUREMENTS).
+cdef Py_ssize_t PANEL_BYTES = 1 << 20
+
+
+cdef inline int _panel_rows(Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t r = PANEL_BYTES // (4 * k) // 16 * 16
+    return <int>(16 if r < 16 else 256 if r > 256 else r)
+
+# Smallest N that takes the panel path, per type (by measurement, see MEASUREMENTS).
+PANEL_N_MIN = {T_F16: 96, T_Q4_0: 96, T_Q4_1: 96, T_Q8_0: 96, T_Q4_K: 96, T_Q6_K: 96}
+cdef int _panel_min_any = min(PANEL_N_MIN.values())
+cdef int _panel_min[16]
+for _t, _v in PANEL_N_MIN.items():
+    _panel_min[_t] = _v
+# Smallest N that takes the decode-and-dot path instead of the integer (Q8_0/Q4_x) or F16C kernel, per type
+# (by measurement, see MEASUREMENTS; the integer path's scratch grows with it: 2 * N * k bytes of activations).
+DEC_N_MIN = {T_F16: 5, T_Q4_0: 16, T_Q4_1: 16, T_Q8_0: 32, T_Q4_K: 1, T_Q6_K: 1}
+cdef int _dec_min[16]
+for _t, _v in DEC_N_MIN.items():
+    _dec_min[_t] = _v
+cdef int _act_below = max(DEC_N_MIN[T_Q4_0], DEC_N_MIN[T_Q4_1], DEC_N_MIN[T_Q8_0])
+cdef int _block_elements[16]
+cdef int _block_bytes[16]
+for _t, (_e, _b) in QL_BLOCKS.items():
+    _block_elements[_t], _block_bytes[_t] = _e, _b
+
+
+# Output rows per slice are a multiple of this (the register block is 4 rows).
+cdef int QL_SLICE_ALIGN = 16
+# Below this many multiply-adds (N * rows * k) one thread is faster than waking the others.
+cdef double PARALLEL_MIN_WORK = 1 << 18
+
+cdef enum:
+    M_INT = 0       # int16 activations, integer block dots
+    M_F16 = 1       # AVX2 F16 kernel
+    M_DEC = 2       # decode 4 rows, float kernel
+    M_PANEL = 3     # decode PANEL_ROWS rows, sgemm
+
+
+cdef inline Py_ssize_t _align(Py_ssize_t b) noexcept nogil:
+    return (b + 63) & ~(<Py_ssize_t>63)
+
+
+cdef inline Py_ssize_t _buf_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """One thread's float buffer for a call over x (n, k)."""
+    return _align((_panel_rows(k) if n >= _panel_min_any else 4) * k * 4)
+
+
+cdef inline Py_ssize_t _act_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The quantized activations of a call over x (n, k): int16 q, float d and s per block of 32."""
+    if n >= _act_below or k % 32:
+        return 0
+    return _align(n * k * 2) + 2 * _align(n * (k // 32) * 4)
+
+
+cdef Py_ssize_t qlinear_scratch_size(Py_ssize_t n, Py_ssize_t k, int threads) noexcept nogil:
+    """Bytes of scratch that serve every call over x (n', k') with n' <= n, k' <= k on up to ``threads``
+    threads: 64 bytes of alignment slack, the threads' float buffers (a panel holds at most PANEL_BYTES, or
+    16 rows), the quantized activations of the most rows that take the integer path (int16 q: 2 bytes a
+    value; float d and s per block of 32)."""
+    cdef Py_ssize_t buf = _buf_bytes(n, k), m = min(n, _act_below - 1)
+    if n >= _panel_min_any:
+        buf = max(buf, _align(max(PANEL_BYTES, 16 * k * 4)))
+    return 64 + threads * buf + _align(m * k * 2) + 2 * _align(m * (k // 32) * 4)
+
+
+cdef int check_qtype(int qtype, Py_ssize_t k) except -1:
+    """Raise unless the kernels multiply by rows of k elements of ggml type ``qtype``."""
+    if qtype not in QL_BLOCKS:
+        raise FastLMValueError(f"qlinear: unsupported ggml type {qtype}; supported: "
+                               + ", ".join(f"{v}={t}" for t, v in NAMES.items()))
+    if k < 1 or k % _block_elements[qtype]:
+        raise FastLMValueError(f"qlinear: k = {k} is not a positive multiple of {NAMES[qtype]}'s block of "
+                               f"{_block_elements[qtype]}")
+    if k > (1 << 24):
+        raise FastLMValueError(f"qlinear: rows of {k} elements are too long")
+    return 0
+
+
+cdef void qlinear_run(const float* xp, const uint8_t* wp, int qtype, float* op, int ni, int ki, int mi,
+                      float fbeta, uint8_t* sp, bint simd) noexcept nogil:
+    """out (n, m) = x (n, k) @ dequant(w).T + beta * out for validated operands (check_qtype; n, m >= 1) with
+    qlinear_scratch_size(n, k, omp_get_max_threads()) bytes of scratch at sp, unaligned."""
+    cdef Py_ssize_t n = ni, k = ki
+    cdef size_t row_bytes = <size_t>(ki // _block_elements[qtype]) * _block_bytes[qtype]
+    cdef int threads = omp_get_max_threads() if <double>ni * mi * ki >= PARALLEL_MIN_WORK else 1
+    cdef int mode
+    if n >= _panel_min[qtype]:
+        mode = M_PANEL
+    elif n >= _dec_min[qtype]:
+        mode = M_DEC
+    elif qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
+        mode = M_INT
+    elif qtype == T_F16 and simd:
+        mode = M_F16
+    else:
+        mode = M_DEC
+
+    # Layout: align the base to 64 bytes; per-thread float buffers, then the quantized activations.
+    cdef uint8_t* base = <uint8_t*>((<uintptr_t>sp + 63) & ~(<uintptr_t>63))
+    cdef Py_ssize_t buf_bytes = _buf_bytes(n, k)
+    cdef uint8_t* act = base + threads * buf_bytes
+    cdef int16_t* xq = <int16_t*>act
+    cdef float* xd = <float*>(act + _align(n * k * 2))
+    cdef float* xs = <float*>(act + _align(n * k * 2) + _align(n * (k // 32) * 4))
+    if mode == M_INT:
+        ql_quant_rows(xp, ni, ki, xq, xd, xs, simd)
+
+    cdef int per = (mi + threads - 1) // threads
+    per = (per + QL_SLICE_ALIGN - 1) // QL_SLICE_ALIGN * QL_SLICE_ALIGN
+    cdef int slices = (mi + per - 1) // per, s, lo
+    for s in prange(slices, num_threads=slices, schedule="static"):
+        lo = s * per
+        _slice(mode, qtype, xp, xq, xd, xs, ni, ki, wp + <Py_ssize_t>lo * row_bytes, row_bytes,
+               min(per, mi - lo), op + lo, mi, fbeta, <float*>(base + s * buf_bytes), simd)
+
+
+cdef void _slice(int mode, int qtype, const float* x, const int16_t* xq, const float* xd, const float* xs, int n,
+                 int k, const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta,
+                 float* buf, bint simd) noexcept nogil:
+    """out[:, :rows] (leading dimension ld_out) for w's first rows rows, on one thread."""
+    cdef char trans = b'T', no_trans = b'N'
+    cdef float one = 1.0
+    cdef int p0, pr
+    if mode == M_INT:
+        if simd:
+            ql_small_q_avx2(qtype, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta)
+        else:
+            ql_small_q(qtype, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta)
+    elif mode == M_F16:
+        ql_small_f16_avx2(x, n, k, w, rows, out, ld_out, beta)
+    elif mode == M_DEC:
+        ql_small_dec(qtype, x, n, k, w, row_bytes, rows, out, ld_out, beta, buf, simd)
+    else:
+        p0 = 0
+        while p0 < rows:
+            pr = min(_panel_rows(k), rows - p0)
+            ql_decode_rows(qtype, w + <size_t>p0 * row_bytes, row_bytes, pr, k, buf, simd)
+            sgemm(&trans, &no_trans, &pr, &n, &k, &one, buf, &k, <float*>x, &k, &beta, out + p0, &ld_out)
+            p0 += pr

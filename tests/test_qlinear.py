@@ -1,0 +1,270 @@
+"""Projections on GGUF block-quantized weights (fastlm._qlinear) against x @ dequant(w).T in float64, with the
+gguf package making the blocks (its quantizers) and decoding them (ggml's reference dequantizers).
+
+Error bounds, per output element out[j, i] = x_j . w_i (w_i the dequantized row):
+  - float paths (F16 at any N, every type at N >= DEC_N_MIN, the K-quants always): float32 accumulation,
+    |err| <= FLOAT_TOL * ||x_j|| * ||w_i||, and ||out - ref|| / ||ref|| <= FLOAT_TOL.
+  - int16-activation paths (Q8_0 / Q4_0 / Q4_1 at N < DEC_N_MIN): each activation block of 32 is rounded to
+    d * q with d = max|x_b| / 32767 (q int16, round to nearest), so each element moves by at most
+    d / 2 = max|x_b| / 65534. Per block, |w_b . e_b| <= ||w_b|| * sqrt(32) * max|x_b| / 65534
+    <= ||w_b|| * ||x_b|| * sqrt(32) / 65534, and by Cauchy-Schwarz over blocks
+    |err| <= sqrt(32) / 65534 * ||x_j|| * ||w_i|| (= 8.6e-5), plus the float part (FLOAT_TOL): INT16_ABS.
+    The rounding errors are independent, uniform in +-d/2, so on random data the Frobenius relative error is
+    about 1 / (65534 sqrt(3)) * max/rms ~ 9e-6 * max/rms, ~ 8e-5 here (the outlier channel makes max/rms ~ 8):
+    asserted <= INT16_REL = 3e-4. int8 activations (d = max|x_b| / 127) break both by far: 258x the rounding,
+    2e-2 Frobenius and 6e-3 * ||x|| ||w|| elementwise on these data.
+"""
+import functools
+
+import gguf
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from fastlm import _qlinear, _quant
+
+F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 1, 2, 3, 8, 12, 14
+QTYPES = [F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K]
+NAMES = {F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
+BLOCKS = {F16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q6_K: (256, 210)}
+INT_TYPES = {Q8_0, Q4_0, Q4_1}
+FLOAT_TOL = 1e-5
+INT16_ABS = np.sqrt(32) / 65534
+INT16_REL = 3e-4
+
+NS = [1, 2, 3, 4, 5, 7, 8, 17, 31, 32, 64, 96, 130]
+ROWS = [1, 7, 37, 100]
+
+
+def ks(qtype):
+    return [256, 512] if qtype in (Q4_K, Q6_K) else [32, 96, 576]
+
+
+@functools.lru_cache(maxsize=None)
+def weights(qtype, rows, k, seed=0):
+    """(raw bytes (rows, row_bytes), dequantized float64 (rows, k)) of random weights of ``qtype``."""
+    rng = np.random.default_rng([seed, qtype, rows, k])
+    if qtype in (Q4_K, Q6_K):
+        # gguf's quantizers do not cover the K-quants: random blocks with finite fp16 scales instead.
+        be, bs = BLOCKS[qtype]
+        raw = rng.integers(0, 256, size=(rows * k // be, bs), dtype=np.uint8)
+        for off in ([0, 2] if qtype == Q4_K else [208]):
+            raw[:, off:off + 2] = (rng.normal(0, 0.01, len(raw)).astype(np.float16).view(np.uint8)
+                                   .reshape(-1, 2))
+        raw = raw.reshape(rows, -1)
+    else:
+        w = (rng.normal(size=(rows, k)) / np.sqrt(k)).astype(np.float32)
+        w[:, :3] *= 4                                   # a few larger weights, as real matrices have
+        raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType(qtype)).view(np.uint8).reshape(rows, -1)
+    ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype)).astype(np.float64).reshape(rows, k)
+    raw.setflags(write=False)
+    return raw, ref
+
+
+def activations(n, k, seed=1):
+    x = np.random.default_rng([seed, n, k]).normal(size=(n, k)).astype(np.float32)
+    x[:, 5] *= 8                                        # an outlier channel, as LLM activations have
+    return x
+
+
+def int_path(qtype, n):
+    return qtype in INT_TYPES and n < min(_qlinear.DEC_N_MIN[qtype], _qlinear.PANEL_N_MIN[qtype])
+
+
+def assert_close(out, x, ref_w, qtype, n, prior=None, beta=0.0):
+    assert out.dtype == np.float32
+    ref = x.astype(np.float64) @ ref_w.T
+    if prior is not None:
+        ref += beta * prior.astype(np.float64)
+    scale = np.linalg.norm(x.astype(np.float64), axis=1)[:, None] * np.linalg.norm(ref_w, axis=1)[None, :]
+    if prior is not None:
+        scale = scale + np.abs(beta * prior)
+    err = np.abs(out - ref)
+    assert np.all(np.isfinite(out))
+    if int_path(qtype, n):
+        assert np.all(err <= (INT16_ABS + FLOAT_TOL) * scale + 1e-30)
+        if ref.size >= 64:
+            assert np.linalg.norm(err) <= INT16_REL * np.linalg.norm(ref)
+    else:
+        assert np.all(err <= FLOAT_TOL * scale + 1e-30)
+        if ref.size >= 64:
+            assert np.linalg.norm(err) <= FLOAT_TOL * np.linalg.norm(ref)
+
+
+@pytest.fixture(params=[True, False], ids=["simd", "portable"])
+def simd(request):
+    before = _qlinear.simd_enabled()
+    _qlinear.set_simd(request.param)
+    if request.param and not _qlinear.simd_enabled():
+        pytest.skip("no AVX2/FMA/F16C on this CPU")
+    yield request.param
+    _qlinear.set_simd(before)
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("n", NS)
+def test_matches_dequantized_product(qtype, rows, n, simd):
+    for k in ks(qtype):
+        raw, ref_w = weights(qtype, rows, k)
+        x = activations(n, k)
+        out = np.full((n, rows), np.nan, np.float32)    # beta = 0 must never read out
+        _qlinear.linear(x, raw, qtype, out)
+        assert_close(out, x, ref_w, qtype, n)
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
+@pytest.mark.parametrize("n", [1, 8, 130])
+def test_beta_accumulates(qtype, n, simd):
+    k = ks(qtype)[-1]
+    raw, ref_w = weights(qtype, 37, k)
+    x = activations(n, k)
+    prior = np.random.default_rng(5).normal(size=(n, 37)).astype(np.float32)
+    for beta in (1.0, 0.5):
+        out = prior.copy()
+        _qlinear.linear(x, raw, qtype, out, beta)
+        assert_close(out, x, ref_w, qtype, n, prior, beta)
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
+@pytest.mark.parametrize("n", [1, 3, 8, 64])
+def test_simd_and_portable_agree(qtype, n):
+    before = _qlinear.simd_enabled()
+    _qlinear.set_simd(True)
+    if not _qlinear.simd_enabled():
+        pytest.skip("no AVX2/FMA/F16C on this CPU")
+    k = ks(qtype)[-1]
+    raw, ref_w = weights(qtype, 100, k)
+    x = activations(n, k)
+    outs = []
+    for flag in (True, False):
+        _qlinear.set_simd(flag)
+        out = np.empty((n, 100), np.float32)
+        _qlinear.linear(x, raw, qtype, out)
+        outs.append(out)
+    _qlinear.set_simd(before)
+    # The same int16 activations (identical values on both paths) and exact integer dots: the two differ only
+    # in the order of the float accumulation, even on the integer paths.
+    scale = np.abs(x).astype(np.float64) @ np.abs(ref_w).T
+    assert np.all(np.abs(outs[0] - outs[1]) <= 1e-5 * scale)
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
+@pytest.mark.parametrize("n", [1, 8, 130])
+def test_one_and_two_threads_agree(qtype, n):
+    k = ks(qtype)[-1]
+    raw, _ = weights(qtype, 100, k)
+    x = activations(n, k)
+    outs = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            out = np.empty((n, 100), np.float32)
+            _qlinear.linear(x, raw, qtype, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_scratch_and_allocation_counter():
+    raw, ref_w = weights(Q4_0, 100, 576)
+    for n in (1, 8, 130):
+        x = activations(n, 576)
+        out = np.empty((n, 100), np.float32)
+        before = _qlinear.allocations()
+        _qlinear.linear(x, raw, Q4_0, out)
+        assert _qlinear.allocations() == before + 1
+        scratch = np.empty(_qlinear.scratch_size(n, 576, _qlinear.num_threads()), np.uint8)
+        for _ in range(3):
+            _qlinear.linear(x, raw, Q4_0, out, 0.0, scratch)
+        assert _qlinear.allocations() == before + 1
+        assert_close(out, x, ref_w, Q4_0, n)
+        # an offset view (unaligned start) of a big-enough buffer works too
+        big = np.empty(scratch.size + 3, np.uint8)
+        _qlinear.linear(x, raw, Q4_0, out, 0.0, big[3:])
+        assert_close(out, x, ref_w, Q4_0, n)
+
+
+def test_scratch_size_grows():
+    for n in (1, 8, 130):
+        assert _qlinear.scratch_size(n, 576, 1) < _qlinear.scratch_size(n, 576, 2)
+    assert _qlinear.scratch_size(1, 576, 2) < _qlinear.scratch_size(130, 576, 2)
+    with pytest.raises(ValueError):
+        _qlinear.scratch_size(0, 576, 1)
+
+
+def test_bad_inputs_raise():
+    raw, _ = weights(Q4_0, 7, 96)
+    x = activations(2, 96)
+    out = np.empty((2, 7), np.float32)
+    cases = [
+        (x, raw, 5, out),                                       # unsupported type
+        (x, raw, 0, out),                                       # F32 is not a block type here
+        (x, raw, Q8_0, out),                                    # row_bytes does not match Q8_0's
+        (activations(2, 64), raw, Q4_0, out),                   # k mismatch with row_bytes
+        (activations(2, 40), raw, Q4_0, out),                   # k not a multiple of 32
+        (x, raw, Q4_0, np.empty((3, 7), np.float32)),           # out rows
+        (x, raw, Q4_0, np.empty((2, 8), np.float32)),           # out columns
+        (x, raw, Q4_0, np.empty((2, 7), np.float64)),           # out dtype
+        (x.astype(np.float64), raw, Q4_0, out),                 # x dtype
+        (np.asfortranarray(x), raw, Q4_0, out),                 # non-contiguous x
+        (x, raw[:, ::2], Q4_0, out),                            # non-contiguous w
+        (x[:, :0], raw[:, :0], Q4_0, np.empty((2, 7), np.float32)),   # empty
+        (x[:0], raw, Q4_0, np.empty((0, 7), np.float32)),       # no rows
+    ]
+    for args in cases:
+        with pytest.raises(ValueError):
+            _qlinear.linear(*args)
+    with pytest.raises(ValueError, match="scratch"):
+        _qlinear.linear(x, raw, Q4_0, out, 0.0, np.empty(16, np.uint8))
+    with pytest.raises(ValueError, match="overlap"):
+        pool = np.zeros(1 << 16, np.uint8)
+        xin = pool[:x.nbytes].view(np.float32).reshape(x.shape)
+        xin[:] = x
+        _qlinear.linear(xin, raw, Q4_0, out, 0.0, pool)
+    big = np.zeros(4096, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        _qlinear.linear(big[:192].reshape(2, 96), raw, Q4_0, big[100:114].reshape(2, 7))
+    kq, _ = weights(Q4_K, 1, 256)
+    with pytest.raises(ValueError, match="multiple"):
+        _qlinear.linear(activations(1, 128), kq[:, :72], Q4_K, np.empty((1, 1), np.float32))
+
+
+def test_simd_switch():
+    before = _qlinear.simd_enabled()
+    _qlinear.set_simd(False)
+    assert not _qlinear.simd_enabled()
+    _qlinear.set_simd(True)
+    assert _qlinear.simd_enabled() in (True, False)
+    _qlinear.set_simd(before)
+
+
+# ---------------------------------------------------------------------------------------- gather_rows
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, L", [(1, 1), (2, 3), (4, 64)])
+def test_gather_rows_bit_exact(qtype, dtype, B, L):
+    k = ks(qtype)[-1]
+    raw, _ = weights(qtype, 100, k)
+    full = np.empty(100 * k, dtype)
+    _quant.dequantize(raw.reshape(-1), qtype, full)
+    full = full.reshape(100, k)
+    ids = np.random.default_rng(B * L).integers(0, 100, size=(B, L)).astype(np.int64)
+    out = np.full((B, L, k), np.nan, dtype)
+    _quant.gather_rows(raw, qtype, ids, out)
+    np.testing.assert_array_equal(out.view(np.uint8), full[ids].view(np.uint8))
+
+
+def test_gather_rows_rejects_bad_input():
+    raw, _ = weights(Q8_0, 7, 96)
+    out = np.empty((1, 2, 96), np.float32)
+    for bad in (7, -1, 1 << 40):
+        with pytest.raises(ValueError, match=str(bad)):
+            _quant.gather_rows(raw, Q8_0, np.array([[0, bad]], np.int64), out)
+    with pytest.raises(ValueError):
+        _quant.gather_rows(raw, Q8_0, np.array([[0, 1, 2]], np.int64), out)           # ids / out shape
+    with pytest.raises(ValueError):
+        _quant.gather_rows(raw, Q4_0, np.array([[0, 1]], np.int64), out)              # row bytes
+    with pytest.raises(ValueError):
+        _quant.gather_rows(raw, 99, np.array([[0, 1]], np.int64), out)                # type
+    with pytest.raises(ValueError):
+        _quant.gather_rows(raw, Q8_0, np.array([[0, 1]], np.int64), np.empty((1, 2, 64), np.float32))

@@ -1,0 +1,288 @@
+"""Quantization: the kernel bit for bit against ggml's reference quantizers (as the gguf package mirrors
+them), and whole GGUF files re-encoded by quantize_file, synthetic and the real model."""
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as G  # noqa: E402
+
+import fastlm  # noqa: E402
+from fastlm import _quantize, reference  # noqa: E402
+from fastlm.config import ModelConfig  # noqa: E402
+from fastlm.errors import FastLMTypeError, FastLMValueError, ModelFormatError  # noqa: E402
+from fastlm.quantize import FILE_TYPES, QUANT_TYPES, quantize, quantize_file, target_type  # noqa: E402
+from fastlm.weights import GGUFFile, dequantize, load_gguf  # noqa: E402
+from fastlm.weights.gguf_writer import GGUFValue, TensorSpec, ValueType, read_metadata, write_gguf  # noqa: E402
+from fastlm.weights.quant import GGMLType, tensor_nbytes  # noqa: E402
+
+from conftest import GOLDEN, TINY  # noqa: E402
+
+TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"]
+
+
+def ggml_bytes(x: np.ndarray, qtype: str) -> np.ndarray:
+    """What ggml's reference quantizer (via the gguf package) writes for float32 ``x``."""
+    return np.ascontiguousarray(gguf.quants.quantize(np.asarray(x, np.float32), G[qtype])).view(np.uint8).reshape(-1)
+
+
+def tricky_data(rng) -> np.ndarray:
+    """(n, 32k) rows: random scales over many decades, zero blocks, huge and tiny values, mixed signs, ties."""
+    rows = [rng.standard_normal(256) * 10.0 ** e for e in range(-30, 31, 3)]
+    rows.append(np.zeros(256))                                           # all-zero blocks
+    rows.append(np.r_[np.zeros(32), rng.standard_normal(224)])             # one zero block in a row
+    rows.append(np.full(256, -3.0))                                        # constant blocks (Q4_1: d = 0)
+    rows.append(np.full(256, 7.25))
+    rows.append(rng.choice([-1e37, 1e37, 0.0, 1e-37], 256))                # huge: d overflows fp16
+    rows.append(rng.choice([-1e-40, 3e-41, 0.0, 1e-45], 256))              # float32 subnormals
+    rows.append(rng.standard_normal(256) * 1e-6)                          # d in the fp16 subnormal range
+    rows.append(rng.standard_normal(256) * 3e4)                           # d near fp16 max
+    # Exact .5 ties: Q8_0 with amax 127 (d = 1) rounds k + 0.5 half away from zero.
+    ties = rng.integers(-126, 126, 256) + 0.5
+    ties[::32] = 127.0
+    rows.append(ties)
+    rows.append(-ties)
+    # Q4_0 with max -8 (d = 1): x + 8.5 lands on integers; Q4_1 with min 0, max 15 (d = 1): x + 0.5 too.
+    q40 = rng.integers(-8, 8, 256) - 0.5
+    q40[::32] = -8.0
+    rows.append(q40)
+    q41 = rng.integers(0, 15, 256) + 0.5
+    q41[::32], q41[1::32] = 0.0, 15.0
+    rows.append(q41)
+    rows.append(np.where(rng.random(256) < 0.5, -1, 1) * rng.integers(0, 1000, 256) / 8.0)   # mixed signs
+    return np.array(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_kernel_matches_ggml_reference_bit_for_bit(qtype, rng):
+    x = tricky_data(rng)
+    np.testing.assert_array_equal(quantize(x, qtype), ggml_bytes(x, qtype))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_large_parallel_input_matches_and_does_not_depend_on_chunking(qtype, rng):
+    x = (rng.standard_normal((300, 1024)) * rng.uniform(1e-3, 10, (300, 1))).astype(np.float32)
+    whole = quantize(x, qtype)                                    # parallel: many chunks
+    np.testing.assert_array_equal(whole, ggml_bytes(x, qtype))
+    rows = np.concatenate([quantize(row, qtype) for row in x[:8]])  # serial: small inputs
+    np.testing.assert_array_equal(rows, whole[:rows.size])
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "F16"])
+def test_decoding_our_bytes_equals_ggml_decoding(qtype, rng):
+    x = tricky_data(rng)[:-8]       # the huge rows decode to inf * 0 = nan in ggml's order too; skip them
+    q = quantize(x, qtype)
+    ours = dequantize(q, qtype, x.shape)
+    theirs = gguf.quants.dequantize(q.reshape(x.shape[0], -1), G[qtype]).reshape(x.shape)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_fp16_conversion_rounds_to_nearest_even_everywhere():
+    # A stride through every float32 bit pattern (NaNs aside), plus the rounding edges of half precision.
+    bits = np.arange(0, 2 ** 32, 251, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    edges = np.array([65504, 65519.996, 65520, -65520, 2.0 ** -24, 2.0 ** -25, 2.0 ** -25 * 1.0000001,
+                      2.0 ** -26, 3 * 2.0 ** -26, 2.0 ** -14 - 2.0 ** -25, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11,
+                      -0.0, np.inf, -np.inf, 1e-45], np.float32)
+    x = np.r_[x[~np.isnan(x)], edges]
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16)
+    np.testing.assert_array_equal(quantize(x, "F16").view(np.uint16), expected.view(np.uint16))
+
+
+def test_f32_is_a_plain_copy(rng):
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(quantize(x, "F32").view(np.float32).reshape(3, 5), x)
+
+
+def test_kernel_validates_before_running():
+    x = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="qtype"):
+        _quantize.quantize(x, 12, np.empty(1000, np.uint8))
+    with pytest.raises(ValueError, match="out must hold 68 bytes"):
+        _quantize.quantize(x, 8, np.empty(67, np.uint8))
+    with pytest.raises(ValueError, match="whole 32-element blocks"):
+        _quantize.quantize(np.zeros(48, np.float32), 2, np.empty(18, np.uint8))
+    _quantize.quantize(np.zeros(0, np.float32), 3, np.empty(0, np.uint8))      # nothing to do is fine
+
+
+def test_python_wrapper_validates():
+    with pytest.raises(FastLMValueError, match="unknown quantization type 'Q5_0'"):
+        quantize(np.zeros(32), "Q5_0")
+    with pytest.raises(FastLMValueError, match="unknown quantization type"):
+        quantize(np.zeros(32), GGMLType.Q6_K)
+    with pytest.raises(FastLMValueError, match="32-element blocks"):
+        quantize(np.zeros((2, 48)), "Q4_0")
+    with pytest.raises(FastLMTypeError, match="float"):
+        quantize(np.zeros(32, np.int32), "Q8_0")
+    # float64 input is rounded to float32 first, as ggml's converter does; names are case-insensitive
+    x = np.linspace(-1, 1, 64)
+    np.testing.assert_array_equal(quantize(x, "q8_0"), ggml_bytes(x.astype(np.float32), "Q8_0"))
+    assert quantize(np.zeros((4, 64)), GGMLType.Q4_1).size == tensor_nbytes("Q4_1", (4, 64))
+
+
+def test_target_types():
+    assert target_type((64, 96), "Q4_0") == GGMLType.Q4_0
+    assert target_type((64, 48), "Q4_0") == GGMLType.F32          # rows not whole blocks
+    assert target_type((64, 48), "F16") == GGMLType.F16
+    assert target_type((64,), "Q8_0") == GGMLType.F32             # norms stay F32
+    assert target_type((64, 96), "Q4_1", output_projection=True) == GGMLType.Q8_0
+    assert target_type((64, 96), "F16", output_projection=True) == GGMLType.F16
+    assert set(QUANT_TYPES) == set(FILE_TYPES) == set(TYPES)
+
+
+# ------------------------------------------------------------------------------------- quantize_file
+
+def write_tiny_model(path, seed=0, src_type="F32"):
+    """A TINY llama model as a GGUF file (tensors in ``src_type`` where the rows allow)."""
+    config = ModelConfig(**TINY, tie_weights=False)
+    params = reference.init_parameters(config, seed)
+    metadata = {
+        "general.architecture": "llama",
+        "general.name": "tiny",
+        "general.file_type": GGUFValue(ValueType.UINT32, 0),
+        "llama.context_length": GGUFValue(ValueType.UINT32, config.max_seq_len),
+        "llama.embedding_length": GGUFValue(ValueType.UINT32, config.d_model),
+        "llama.block_count": GGUFValue(ValueType.UINT32, config.num_layers),
+        "llama.feed_forward_length": GGUFValue(ValueType.UINT32, config.d_ff),
+        "llama.attention.head_count": GGUFValue(ValueType.UINT32, config.num_heads),
+        "llama.attention.head_count_kv": GGUFValue(ValueType.UINT32, config.num_kv_heads),
+        "llama.attention.layer_norm_rms_epsilon": GGUFValue(ValueType.FLOAT32, 1e-5),
+        "llama.rope.freq_base": GGUFValue(ValueType.FLOAT32, 10000.0),
+        "tokenizer.ggml.tokens": [f"t{i}" for i in range(config.vocab_size)],
+        "tokenizer.ggml.scores": GGUFValue(ValueType.ARRAY, [float(-i) for i in range(config.vocab_size)],
+                                           ValueType.FLOAT32),
+        "tokenizer.ggml.token_type": GGUFValue(ValueType.ARRAY, [1] * config.vocab_size, ValueType.INT32),
+        "general.quantization_version": GGUFValue(ValueType.UINT32, 2),
+    }
+    specs = []
+    for name, w in params.items():
+        qtype = target_type(w.shape, src_type)
+        specs.append(TensorSpec(f"{name}.weight", w.shape, qtype, quantize(w, qtype)))
+    write_gguf(path, metadata, specs)
+    return params
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("src_type", ["F32", "Q8_0"])
+def test_quantize_file_on_a_synthetic_model(tmp_path, qtype, src_type):
+    src, dst = tmp_path / "tiny.gguf", tmp_path / f"tiny-{qtype}.gguf"
+    write_tiny_model(src, src_type=src_type)
+    seen = []
+    summary = quantize_file(src, dst, qtype, progress=lambda *a: seen.append(a))
+    before, after = GGUFFile(src), GGUFFile(dst)
+    assert [s[2] for s in seen] == list(before.tensors) and seen[0][:2] == (0, len(before.tensors))
+    assert summary.n_tensors == len(after.tensors) and summary.bytes_out == dst.stat().st_size
+    assert summary.qtype == qtype and sum(summary.tensor_types.values()) == summary.n_tensors
+    for name, info in after.tensors.items():
+        x = before.tensor(name)
+        expected_type = target_type(x.shape, qtype, output_projection=name == "output.weight")
+        assert info.qtype == expected_type and info.shape == x.shape
+        if name.endswith("ffn_down.weight") and qtype not in ("F32", "F16"):
+            assert info.qtype == GGMLType.F32                   # rows of d_ff = 48: not whole blocks
+        raw = np.frombuffer(after._map, np.uint8, info.nbytes, info.offset)
+        np.testing.assert_array_equal(raw, ggml_bytes(x, expected_type.name))
+    meta_in, meta_out = read_metadata(src), read_metadata(dst)
+    assert meta_out.pop("general.file_type") == GGUFValue(ValueType.UINT32, FILE_TYPES[qtype])
+    meta_in.pop("general.file_type")
+    assert meta_out == meta_in
+    config, params, _ = load_gguf(dst)
+    assert config == load_gguf(src)[0]
+
+
+def test_quantize_file_errors(tmp_path):
+    src = tmp_path / "tiny.gguf"
+    write_tiny_model(src)
+    with pytest.raises(FastLMValueError, match="unknown quantization type 'Q3_K'"):
+        quantize_file(src, tmp_path / "out.gguf", "Q3_K")
+    with pytest.raises(ModelFormatError, match="no such file"):
+        quantize_file(tmp_path / "missing.gguf", tmp_path / "out.gguf", "Q8_0")
+    with pytest.raises(FastLMValueError, match="is the input file"):
+        quantize_file(src, src, "Q8_0")
+    with pytest.raises(FastLMValueError, match="is the input file"):
+        quantize_file(src, tmp_path / "." / "tiny.gguf", "Q8_0")
+    with pytest.raises(FastLMValueError, match="does not exist"):
+        quantize_file(src, tmp_path / "no" / "such" / "dir.gguf", "Q8_0")
+    with pytest.raises(FastLMValueError, match="is a directory"):
+        quantize_file(src, tmp_path, "Q8_0")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16)
+    with pytest.raises(ModelFormatError, match="bad.gguf"):
+        quantize_file(bad, tmp_path / "out.gguf", "Q8_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "tiny.gguf"]   # nothing half-written
+
+
+def test_quantize_file_failing_midway_leaves_nothing(tmp_path, monkeypatch):
+    src, dst = tmp_path / "tiny.gguf", tmp_path / "out.gguf"
+    write_tiny_model(src)
+    dst.write_bytes(b"old contents")
+    calls = []
+
+    def progress(i, n, name, a, b):
+        calls.append(name)
+        if i == 5:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        quantize_file(src, dst, "Q4_0", progress=progress)
+    assert len(calls) == 6 and dst.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf", "tiny.gguf"]
+
+
+# ------------------------------------------------------------------------------------------ the real model
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_real_model_quantizes_exactly_like_ggml(smollm2_formats, smollm2_gguf_path, qtype):
+    src, dst = GGUFFile(smollm2_gguf_path), GGUFFile(smollm2_formats[qtype])
+    assert list(dst.tensors) == list(src.tensors)
+    for name, info in dst.tensors.items():
+        x = src.tensor(name)
+        assert info.shape == x.shape
+        # SmolLM2 ties its output projection to token_embd: it keeps 8 bits in the 4-bit types.
+        expected = (GGMLType.F32 if x.ndim == 1 else GGMLType.Q8_0 if name == "token_embd.weight" and
+                    qtype in ("Q4_0", "Q4_1") else QUANT_TYPES[qtype])
+        assert info.qtype == expected
+        raw = np.frombuffer(dst._map, np.uint8, info.nbytes, info.offset)
+        np.testing.assert_array_equal(raw, ggml_bytes(x, info.type_name), err_msg=name)
+    # fastlm's decoding of the new bytes equals ggml's, on the embedding and one whole layer
+    for name in ["token_embd.weight", "output_norm.weight", *(n for n in dst.tensors if n.startswith("blk.0."))]:
+        info = dst.tensors[name]
+        raw = np.frombuffer(dst._map, np.uint8, info.nbytes, info.offset)
+        theirs = gguf.quants.dequantize(raw.reshape(info.shape[0], -1) if len(info.shape) == 2 else raw,
+                                        G(info.qtype)).reshape(info.shape)
+        np.testing.assert_array_equal(dst.tensor(name), theirs, err_msg=name)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_real_model_metadata_is_preserved(smollm2_formats, smollm2_gguf_path, qtype):
+    path = smollm2_formats[qtype]
+    before, after = read_metadata(smollm2_gguf_path), read_metadata(path)
+    assert after["general.file_type"] == GGUFValue(ValueType.UINT32, FILE_TYPES[qtype])
+    assert list(after) == list(before)                            # same keys, same order, same types and bits
+    assert {k: v for k, v in after.items() if k != "general.file_type"} == \
+           {k: v for k, v in before.items() if k != "general.file_type"}
+
+
+def test_real_model_metadata_reads_the_same_in_the_gguf_package(smollm2_formats, smollm2_gguf_path):
+    path = smollm2_formats["Q4_0"]
+    reader, original = gguf.GGUFReader(path), gguf.GGUFReader(smollm2_gguf_path)
+    assert reader.fields["general.file_type"].types == [gguf.GGUFValueType.UINT32]
+    assert reader.fields["general.file_type"].contents() == 2
+    for key, field in original.fields.items():
+        if not key.startswith("GGUF.") and key != "general.file_type":
+            assert reader.fields[key].types == field.types, key
+            assert reader.fields[key].contents() == field.contents(), key
+    assert [(t.name, t.tensor_type, list(t.shape)) for t in reader.tensors] == \
+           [(t.name, G.F32 if len(t.shape) == 1 else G.Q8_0 if t.name == "token_embd.weight" else G.Q4_0,
+             list(t.shape)) for t in original.tensors]
+
+
+def test_real_model_quantized_files_load(smollm2_formats, smollm2_gguf_path):
+    config, original, _ = load_gguf(smollm2_gguf_path)
+    loaded_config, params, _ = load_gguf(smollm2_formats["F32"])
+    assert loaded_config == config
+    for name, w in original.items():        # F32 stores the source's float32 values as they are
+        np.testing.assert_array_equal(params[name], w, err_msg=name)
+    lm = fastlm.load(smollm2_formats["Q4_0"])
+    assert lm.config == config
+    case = GOLDEN["tokenizer"][0]
+    assert lm.encode(case["text"], add_special_tokens=False) == case["ids"]

@@ -1,0 +1,206 @@
+"""Models that keep their weights in block formats: the same results as their dequantised float32 twins, within
+each format's stated error, on a small random model and on the real one in every format `fastlm quantize`
+writes."""
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import ModelConfig, _attention, _qlinear, reference
+from fastlm.perplexity import perplexity
+from fastlm.weights import GGMLType, QuantizedTensor
+from fastlm.weights.quant import BLOCK_SIZES
+
+from conftest import GOLDEN
+
+# Head dim 64, and rows of 256 values: every block type, K-quants included, can hold every matrix.
+CONFIG = ModelConfig(vocab_size=97, d_model=256, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=512,
+                     max_seq_len=64)
+TYPES = [GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K]
+# Decode logits against the dequantised model's, relative to the logits' spread: F16 and the K-quants
+# multiply in float32; Q8_0 / Q4_x take 8-bit activations (rounding error up to half a step of amax / 127
+# per value), about 0.5 % of a dot product each, compounded through the layers.
+DECODE_TOLERANCE = {GGMLType.F16: 1e-4, GGMLType.Q4_K: 1e-4, GGMLType.Q6_K: 1e-4,
+                    GGMLType.Q8_0: 3e-2, GGMLType.Q4_0: 3e-2, GGMLType.Q4_1: 3e-2}
+
+
+# The gguf package cannot encode K-quants: their blocks are random bytes with small fp16 scales at these offsets.
+K_SCALES = {GGMLType.Q4_K: ([0, 2], 2e-3), GGMLType.Q6_K: ([208], 1e-3)}
+
+
+def encode(w, qtype, rng):
+    if qtype in K_SCALES:
+        offsets, scale = K_SCALES[qtype]
+        blocks = rng.integers(0, 256, size=(w.size // 256, BLOCK_SIZES[qtype][1]), dtype=np.uint8)
+        for offset in offsets:
+            d = rng.uniform(0.5, 1.0, len(blocks)).astype(np.float16) * np.float16(scale)
+            blocks[:, offset:offset + 2] = d.view(np.uint8).reshape(-1, 2)
+        return blocks.reshape(-1)
+    raw = gguf.quants.quantize(w.astype(np.float32), gguf.GGMLQuantizationType(int(qtype)))
+    return raw.view(np.uint8).reshape(-1)                 # F16 comes back as float16
+
+
+def quantized_params(qtype, seed=0):
+    """Random weights with every matrix encoded as ``qtype`` by the gguf package (ggml's reference)."""
+    params = reference.init_parameters(CONFIG, seed)
+    rng = np.random.default_rng(seed)
+    return {name: QuantizedTensor(encode(w, qtype, rng), qtype, w.shape) if w.ndim == 2 else w
+            for name, w in params.items()}
+
+
+def dequantized(params):
+    return {k: v.dequantize() if isinstance(v, QuantizedTensor) else v for k, v in params.items()}
+
+
+@pytest.fixture(scope="module", params=TYPES, ids=lambda t: t.name)
+def twins(request):
+    params = quantized_params(request.param)
+    return (request.param, fastlm.CausalLM.from_params(CONFIG, params),
+            fastlm.CausalLM.from_params(CONFIG, dequantized(params)))
+
+
+def test_weights_stay_in_block_form(twins):
+    qtype, quantized, dense = twins
+    assert quantized.quantized and not dense.quantized
+    assert quantized.weight_types == {qtype.name: 2 + 4 * CONFIG.num_layers}
+    assert dense.weight_types == {"F32": 2 + 4 * CONFIG.num_layers}
+    assert isinstance(quantized.embedding, QuantizedTensor) and quantized.output is not quantized.embedding
+
+
+def test_prefill_matches_the_dequantised_model(twins, rng):
+    # Many tokens at once run on float32 rows of the decoded blocks: only float32 rounding differs.
+    _, quantized, dense = twins
+    ids = rng.integers(0, CONFIG.vocab_size, size=(2, 40))
+    expected = dense.forward(ids)
+    np.testing.assert_allclose(quantized.forward(ids), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_decode_matches_the_dequantised_model(twins, rng):
+    qtype, quantized, dense = twins
+    prompt = rng.integers(0, CONFIG.vocab_size, size=(3, 5))
+    tokens = rng.integers(0, CONFIG.vocab_size, size=(6, 3))
+    logits = []
+    for m in (quantized, dense):
+        cache, ws = m.new_cache(3, 16), m.new_workspace(15)
+        steps = [m.prefill(prompt, cache, workspace=ws)] + [m.decode(t, cache, workspace=ws) for t in tokens]
+        logits.append(np.stack(steps))
+    spread = logits[1].std()
+    assert np.abs(logits[0] - logits[1]).max() <= DECODE_TOLERANCE[qtype] * spread * 10
+    assert np.sqrt(np.mean((logits[0] - logits[1]) ** 2)) <= DECODE_TOLERANCE[qtype] * spread
+
+
+def test_portable_kernels_match_the_simd_ones(twins, rng):
+    _, quantized, _ = twins
+    prompt = rng.integers(0, CONFIG.vocab_size, size=(2, 20))
+    before = fastlm.simd_enabled()
+    results = []
+    try:
+        for simd in (True, False):
+            fastlm.set_simd(simd)
+            cache = quantized.new_cache(2, 24)
+            first = quantized.prefill(prompt, cache)
+            results.append((first, quantized.decode(first.argmax(axis=1), cache)))
+    finally:
+        fastlm.set_simd(before)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max())
+
+
+def test_decode_allocates_nothing(twins):
+    _, quantized, _ = twins
+    cache, ws = quantized.new_cache(2, 16), quantized.new_workspace(8)
+    out = np.empty((2, CONFIG.vocab_size), np.float32)
+    quantized.prefill(np.array([[1, 2, 3], [4, 5, 6]]), cache, workspace=ws, out=out)
+    before = _qlinear.allocations(), _attention.allocations()
+    for t in range(5):
+        quantized.decode(np.array([t, t + 1]), cache, workspace=ws, out=out)
+    assert (_qlinear.allocations(), _attention.allocations()) == before
+
+
+def test_generation_is_reproducible(twins):
+    _, quantized, _ = twins
+    runs = [quantized.generate([[1, 2, 3]], 8, temperature=0.9, seed=5) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_a_float64_model_decodes_the_blocks():
+    params = quantized_params(GGMLType.Q4_0)
+    m = fastlm.CausalLM.from_params(CONFIG, params, dtype=np.float64)
+    assert not m.quantized and m.weight_types == {"F64": 2 + 4 * CONFIG.num_layers}
+    ref = reference.CausalLM.from_params(CONFIG, {k: np.asarray(v, np.float64)
+                                                  for k, v in dequantized(params).items()})
+    ids = np.arange(10)
+    np.testing.assert_allclose(m.forward(ids), ref.forward(ids), rtol=0, atol=1e-10)
+
+
+def test_mixed_types_in_a_fused_projection_fall_back_to_float():
+    params = quantized_params(GGMLType.Q4_0)
+    v = params["blk.0.attn_v"].dequantize()
+    params["blk.0.attn_v"] = QuantizedTensor(gguf.quants.quantize(v, gguf.GGMLQuantizationType.Q8_0).reshape(-1),
+                                             GGMLType.Q8_0, v.shape)
+    m = fastlm.CausalLM.from_params(CONFIG, params)
+    assert not isinstance(m.blocks[0].w_qkv, QuantizedTensor) and isinstance(m.blocks[1].w_qkv, QuantizedTensor)
+    dense = fastlm.CausalLM.from_params(CONFIG, dequantized(params))
+    ids = np.arange(20).reshape(1, -1)
+    np.testing.assert_allclose(m.forward(ids), dense.forward(ids), rtol=0, atol=2e-4)
+
+
+# ------------------------------------------------------------------------------------ the real model
+
+FORMATS = ["F16", "Q8_0", "Q4_0", "Q4_1"]
+ENGLISH = (Path(__file__).parent / "data" / "english.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def real_formats(smollm2_gguf_path, smollm2_formats):
+    """The real model as shipped (Q4_1 blocks, Q8_0 embedding) and re-encoded into each format, each loaded
+    quantized and dequantised."""
+    paths = {"shipped": smollm2_gguf_path, **{name: smollm2_formats[name] for name in FORMATS}}
+    return {name: (fastlm.load(p), fastlm.load(p, dequantize=True)) for name, p in paths.items()}
+
+
+CASES = GOLDEN["prompts"] + GOLDEN["chats"]
+
+
+def teacher_forced_choices(lm) -> np.ndarray:
+    """Teacher forcing through the decode path: each golden prompt prefilled into its own cache row, then the
+    recorded continuations decoded one token per row per step, all rows in one batch; the argmax after the
+    prompt and after every token, (rows, steps)."""
+    m = lm.model
+    steps = len(CASES[0]["greedy_new_ids"])
+    assert all(len(c["greedy_new_ids"]) == steps for c in CASES)
+    cache = m.new_cache(len(CASES), max(len(c["ids"]) for c in CASES) + steps)
+    choices = np.empty((len(CASES), steps), np.int64)
+    for row, case in enumerate(CASES):
+        choices[row, 0] = m.prefill([case["ids"]], cache, first_row=row).argmax()
+    forced = np.array([c["greedy_new_ids"] for c in CASES])
+    for j in range(steps - 1):
+        choices[:, j + 1] = m.decode(forced[:, j], cache).argmax(axis=1)
+    return choices
+
+
+@pytest.mark.parametrize("name", ["shipped"] + FORMATS)
+def test_teacher_forced_top1_agrees_with_the_float32_path(real_formats, name):
+    quantized, dense = real_formats[name]
+    assert quantized.model.quantized and not dense.model.quantized
+    agree = teacher_forced_choices(quantized) == teacher_forced_choices(dense)
+    assert agree.mean() >= 0.99, f"{name}: {agree.sum()} of {agree.size} greedy choices agree"
+
+
+@pytest.mark.parametrize("name", ["shipped"] + FORMATS)
+def test_perplexity_within_one_percent_of_the_float32_path(real_formats, name):
+    quantized, dense = real_formats[name]
+    tokens = quantized.encode(ENGLISH)
+    ppl_q, ppl_f = (perplexity(lm.model, tokens, n_ctx=256).ppl for lm in (quantized, dense))
+    assert abs(ppl_q / ppl_f - 1) <= 0.01, (ppl_q, ppl_f)
+    assert 5 < ppl_f < 60
+
+
+def test_real_weights_stay_mapped(real_formats):
+    quantized, _ = real_formats["shipped"]
+    m = quantized.model
+    assert m.weight_types == {"Q4_1": 4 * 30, "Q8_0": 1}
+    assert m.output is m.embedding and not m.embedding.data.flags.owndata     # the file's bytes, no copy
+
