@@ -33,19 +33,8 @@ ctypedef fused floating:
 include "attention_core.pxi"
 
 cdef bint _cpu_simd = attn_cpu_has_avx2_fma()
-cdef bint _simd = _cpu_simd and os.environ.get("FASTLM_SIMD", "1") != "0"
+include "simd_switch.pxi"
 cdef Py_ssize_t _allocations = 0   # calls that allocated their own scratch (scratch=None)
-
-
-def set_simd(bint enabled):
-    """Use the AVX2/FMA kernels (True, where the CPU has them) or the baseline portable ones (False)."""
-    global _simd
-    _simd = enabled and _cpu_simd
-
-
-def simd_enabled():
-    """True when attention runs the AVX2/FMA kernels."""
-    return bool(_simd)
 
 
 def allocations():

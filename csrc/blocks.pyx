@@ -30,18 +30,7 @@ include "attention_core.pxi"
 include "qlinear_core.pxi"
 
 cdef bint _cpu_simd = lin_cpu_has_avx2_fma() and attn_cpu_has_avx2_fma() and ql_cpu_has_avx2()
-cdef bint _simd = _cpu_simd and os.environ.get("FASTLM_SIMD", "1") != "0"
-
-
-def set_simd(bint enabled):
-    """Run the AVX2/FMA kernels (True, where the CPU has them) or the portable ones (False)."""
-    global _simd
-    _simd = enabled and _cpu_simd
-
-
-def simd_enabled():
-    """True when the fused pass runs the AVX2/FMA kernels."""
-    return bool(_simd)
+include "simd_switch.pxi"
 
 
 cdef struct Matrix:

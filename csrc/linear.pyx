@@ -25,18 +25,7 @@ ctypedef fused floating:
 include "linear_core.pxi"
 
 cdef bint _cpu_simd = lin_cpu_has_avx2_fma()
-cdef bint _simd = _cpu_simd and os.environ.get("FASTLM_SIMD", "1") != "0"
-
-
-def set_simd(bint enabled):
-    """Use the AVX2/FMA small-batch kernels (True, where the CPU has them) or the portable ones (False)."""
-    global _simd
-    _simd = enabled and _cpu_simd
-
-
-def simd_enabled():
-    """True when the small-batch projections run the AVX2/FMA kernels."""
-    return bool(_simd)
+include "simd_switch.pxi"
 
 
 cdef tuple _dims(Py_ssize_t* shape, int ndim):

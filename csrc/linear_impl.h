@@ -30,7 +30,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define LIN_AVX2 __attribute__((target("avx2,fma")))
 #define LIN_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
 
 static int lin_cpu_has_avx2_fma(void)
@@ -39,9 +38,22 @@ static int lin_cpu_has_avx2_fma(void)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+/* o[:R] = the first R lanes of s (+ beta * o), R <= 4. */
+LIN_AVX2_INLINE void lin_store4_avx2(float *o, __m128 s, float beta, const int R)
+{
+    if (R == 4) {
+        if (beta != 0.0f) s = _mm_fmadd_ps(_mm_set1_ps(beta), _mm_loadu_ps(o), s);
+        _mm_storeu_ps(o, s);
+    } else {
+        float v[4];
+        _mm_storeu_ps(v, s);
+        for (int i = 0; i < R; i++) o[i] = beta != 0.0f ? v[i] + beta * o[i] : v[i];
+    }
+}
+
 /* out[:J, :R] = x[:J] . w[:R] (+ beta * out). R x J accumulators of 8 lanes: 4 x 3 = 12 of them and the 4
  * weight vectors fill the 16 ymm registers; the activation vector is an FMA memory operand. */
-LIN_AVX2_INLINE void lin_block_f32_avx2(const float *x, const float *w, int k, float *out, int ld_out, float beta,
+LIN_AVX2_INLINE void lin_small_f32_avx2_block(const float *x, const float *w, int k, float *out, int ld_out, float beta,
                                         const int R, const int J)
 {
     __m256 acc[4][3], wv[4];
@@ -68,45 +80,44 @@ LIN_AVX2_INLINE void lin_block_f32_avx2(const float *x, const float *w, int k, f
     for (int j = 0; j < J; j++) {
         /* Three hadds and one add leave the sum of acc[i][j] in lane i: out[j, 0..3], contiguous. */
         const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][j], acc[1][j]), _mm256_hadd_ps(acc[2][j], acc[3][j]));
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        float *o = out + (size_t)j * ld_out;
-        if (R == 4) {
-            if (beta != 0.0f) s = _mm_fmadd_ps(_mm_set1_ps(beta), _mm_loadu_ps(o), s);
-            _mm_storeu_ps(o, s);
-        } else {
-            float v[4];
-            _mm_storeu_ps(v, s);
-            for (int i = 0; i < R; i++) o[i] = beta != 0.0f ? v[i] + beta * o[i] : v[i];
-        }
+        lin_store4_avx2(out + (size_t)j * ld_out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)),
+                        beta, R);
     }
 }
 
-/* All n activation rows against R weight rows: 3 at a time, but 4 left go as 2 + 2, since 3 + 1 would end on a
- * block of 4 accumulators, too few chains to keep both FMA pipes busy. */
-LIN_AVX2_INLINE void lin_rows_f32_avx2(const float *x, int n, int k, const float *w, float *out, int ld_out,
-                                       float beta, const int R)
-{
-    for (int j = 0, J; j < n; j += J) {
-        const float *xj = x + (size_t)j * k;
-        float *oj = out + (size_t)j * ld_out;
-        J = n - j == 4 || n - j == 2 ? 2 : n - j == 1 ? 1 : 3;
-        if (J == 3) lin_block_f32_avx2(xj, w, k, oj, ld_out, beta, R, 3);
-        else if (J == 2) lin_block_f32_avx2(xj, w, k, oj, ld_out, beta, R, 2);
-        else lin_block_f32_avx2(xj, w, k, oj, ld_out, beta, R, 1);
-    }
+/* The drivers of a register-block kernel FN##_block(x, w, k, out, ld_out, beta, R, J) whose weight rows are
+ * STRIDE elements of type WT apart (STRIDE may use k), compiled for TARGET (the block's target string): FN##_rows runs all n activation rows against R weight rows,
+ * 3 at a time, but 4 left go as 2 + 2, since 3 + 1 would end on a block of 4 accumulators, too few chains to keep
+ * both FMA pipes busy; FN runs the weight rows 4 at a time, then the rest with a constant R, so that every case
+ * is fully unrolled. */
+#define LIN_AVX2_DRIVERS(FN, WT, STRIDE, TARGET)                                                                 \
+static inline __attribute__((always_inline, target(TARGET)))                                                     \
+void FN##_rows(const float *x, int n, int k, const WT *w, float *out, int ld_out, float beta, const int R)       \
+{                                                                                                                \
+    for (int j = 0, J; j < n; j += J) {                                                                          \
+        const float *xj = x + (size_t)j * k;                                                                     \
+        float *oj = out + (size_t)j * ld_out;                                                                    \
+        J = n - j == 4 || n - j == 2 ? 2 : n - j == 1 ? 1 : 3;                                                   \
+        if (J == 3) FN##_block(xj, w, k, oj, ld_out, beta, R, 3);                                                \
+        else if (J == 2) FN##_block(xj, w, k, oj, ld_out, beta, R, 2);                                           \
+        else FN##_block(xj, w, k, oj, ld_out, beta, R, 1);                                                       \
+    }                                                                                                            \
+}                                                                                                                \
+                                                                                                                 \
+__attribute__((target(TARGET)))                                                                                  \
+static void FN(const float *x, int n, int k, const WT *w, int rows, float *out, int ld_out, float beta)          \
+{                                                                                                                \
+    const size_t stride = (size_t)(STRIDE);                                                                      \
+    int r = 0;                                                                                                   \
+    for (; r + 4 <= rows; r += 4) FN##_rows(x, n, k, w + r * stride, out + r, ld_out, beta, 4);                  \
+    switch (rows - r) {                                                                                          \
+    case 3: FN##_rows(x, n, k, w + r * stride, out + r, ld_out, beta, 3); break;                                 \
+    case 2: FN##_rows(x, n, k, w + r * stride, out + r, ld_out, beta, 2); break;                                 \
+    case 1: FN##_rows(x, n, k, w + r * stride, out + r, ld_out, beta, 1); break;                                 \
+    }                                                                                                            \
 }
 
-LIN_AVX2 static void lin_small_f32_avx2(const float *x, int n, int k, const float *w, int rows, float *out,
-                                        int ld_out, float beta)
-{
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 4);
-    switch (rows - r) {                                   /* constant R: each case is fully unrolled */
-    case 3: lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 3); break;
-    case 2: lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 2); break;
-    case 1: lin_rows_f32_avx2(x, n, k, w + (size_t)r * k, out + r, ld_out, beta, 1); break;
-    }
-}
+LIN_AVX2_DRIVERS(lin_small_f32_avx2, float, k, "avx2,fma")
 
 #else  /* not x86: no AVX2 path; linear.pyx never calls it because lin_cpu_has_avx2_fma() is 0 */
 

@@ -16,22 +16,14 @@ cdef extern from "qlinear_impl.h" nogil:
                       float* out, int ld_out, float beta, float* buf, int simd)
     void ql_decode_rows(int qtype, const uint8_t* w, size_t row_bytes, int rows, int k, float* y, int simd)
 
-# ggml type ids
-cdef enum:
-    T_F16 = 1
-    T_Q4_0 = 2
-    T_Q4_1 = 3
-    T_Q8_0 = 8
-    T_Q4_K = 12
-    T_Q6_K = 14
+include "ggml_types.pxi"
 
-# (elements, bytes) per block of each supported type.
-QL_BLOCKS = {T_F16: (1, 2), T_Q4_0: (32, 18), T_Q4_1: (32, 20), T_Q8_0: (32, 34), T_Q4_K: (256, 144),
-          T_Q6_K: (256, 210)}
+# The types the kernels multiply by, and their blocks.
+QL_BLOCKS = {t: GGML_BLOCKS[t] for t in (T_F16, T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K)}
 NAMES = {T_F16: "F16", T_Q4_0: "Q4_0", T_Q4_1: "Q4_1", T_Q8_0: "Q8_0", T_Q4_K: "Q4_K", T_Q6_K: "Q6_K"}
 
 # Weight rows per panel of the prefill path: as many as fit PANEL_BYTES of float32 (in L2), a multiple of 16,
-# 16 to 256. Each sgemm call packs x again, so panels should not be too small (see MEASUREMENTS).
+# 16 to 256. Each sgemm call packs x again, so panels should not be too small (see qlinear.pyx).
 cdef Py_ssize_t PANEL_BYTES = 1 << 20
 
 
@@ -39,14 +31,14 @@ cdef inline int _panel_rows(Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t r = PANEL_BYTES // (4 * k) // 16 * 16
     return <int>(16 if r < 16 else 256 if r > 256 else r)
 
-# Smallest N that takes the panel path, per type (by measurement, see MEASUREMENTS).
+# Smallest N that takes the panel path, per type (by measurement, see qlinear.pyx).
 PANEL_N_MIN = {T_F16: 96, T_Q4_0: 96, T_Q4_1: 96, T_Q8_0: 96, T_Q4_K: 96, T_Q6_K: 96}
 cdef int _panel_min_any = min(PANEL_N_MIN.values())
 cdef int _panel_min[16]
 for _t, _v in PANEL_N_MIN.items():
     _panel_min[_t] = _v
 # Smallest N that takes the decode-and-dot path instead of the integer (Q8_0/Q4_x) or F16C kernel, per type
-# (by measurement, see MEASUREMENTS; the integer path's scratch grows with it: 2 * N * k bytes of activations).
+# (by measurement, see qlinear.pyx; the integer path's scratch grows with it: 2 * N * k bytes of activations).
 DEC_N_MIN = {T_F16: 5, T_Q4_0: 16, T_Q4_1: 16, T_Q8_0: 32, T_Q4_K: 1, T_Q6_K: 1}
 cdef int _dec_min[16]
 for _t, _v in DEC_N_MIN.items():

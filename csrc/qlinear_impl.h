@@ -307,15 +307,7 @@ QL_AVX2_INLINE void ql_block_q_avx2(const int QT, const uint8_t *w, size_t row_b
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
         if (QT == QL_Q4_0) s = _mm_fmadd_ps(_mm_set1_ps(-8.0f), corr[j], s);
         else if (QT == QL_Q4_1) s = _mm_add_ps(s, corr[j]);
-        float *o = out + (size_t)j * ld_out;
-        if (R == 4) {
-            if (beta != 0.0f) s = _mm_fmadd_ps(_mm_set1_ps(beta), _mm_loadu_ps(o), s);
-            _mm_storeu_ps(o, s);
-        } else {
-            float v[4];
-            _mm_storeu_ps(v, s);
-            for (int i = 0; i < R; i++) o[i] = beta != 0.0f ? v[i] + beta * o[i] : v[i];
-        }
+        lin_store4_avx2(out + (size_t)j * ld_out, s, beta, R);
     }
 }
 
@@ -360,7 +352,7 @@ QL_AVX2 static void ql_small_q_avx2(int qtype, const int16_t *xq, const float *x
 }
 
 /* ---- F16: float activations, 4 weight rows x 3 activation rows, weights converted by F16C */
-QL_AVX2_INLINE void ql_block_f16_avx2(const float *x, const uint8_t *w, int k, float *out, int ld_out, float beta,
+QL_AVX2_INLINE void ql_small_f16_avx2_block(const float *x, const uint8_t *w, int k, float *out, int ld_out, float beta,
                                       const int R, const int J)
 {
     const size_t rb = (size_t)k * 2;
@@ -390,73 +382,39 @@ QL_AVX2_INLINE void ql_block_f16_avx2(const float *x, const uint8_t *w, int k, f
     }
 }
 
-QL_AVX2_INLINE void ql_rows_f16_avx2(const float *x, int n, int k, const uint8_t *w, float *out, int ld_out,
-                                     float beta, const int R)
-{
-    for (int j = 0, J; j < n; j += J) {
-        const float *xj = x + (size_t)j * k;
-        float *oj = out + (size_t)j * ld_out;
-        J = n - j == 4 || n - j == 2 ? 2 : n - j == 1 ? 1 : 3;
-        if (J == 3) ql_block_f16_avx2(xj, w, k, oj, ld_out, beta, R, 3);
-        else if (J == 2) ql_block_f16_avx2(xj, w, k, oj, ld_out, beta, R, 2);
-        else ql_block_f16_avx2(xj, w, k, oj, ld_out, beta, R, 1);
-    }
-}
-
-QL_AVX2 static void ql_small_f16_avx2(const float *x, int n, int k, const uint8_t *w, int rows, float *out,
-                                      int ld_out, float beta)
-{
-    const size_t rb = (size_t)k * 2;
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) ql_rows_f16_avx2(x, n, k, w + r * rb, out + r, ld_out, beta, 4);
-    switch (rows - r) {
-    case 3: ql_rows_f16_avx2(x, n, k, w + r * rb, out + r, ld_out, beta, 3); break;
-    case 2: ql_rows_f16_avx2(x, n, k, w + r * rb, out + r, ld_out, beta, 2); break;
-    case 1: ql_rows_f16_avx2(x, n, k, w + r * rb, out + r, ld_out, beta, 1); break;
-    }
-}
+LIN_AVX2_DRIVERS(ql_small_f16_avx2, uint8_t, 2 * k, "avx2,fma,f16c")
 
 /* ---- hand-vectorized row decoders of the 32-element formats and F16, for the prefill panels */
-QL_AVX2_INLINE void ql_store_i8x8(float *y, __m128i b8, __m256 d, int is_signed, __m256i off)
-{
-    const __m256i i32 = is_signed ? _mm256_cvtepi8_epi32(b8) : _mm256_cvtepu8_epi32(b8);
-    _mm256_storeu_ps(y, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(i32, off))));
-}
-
 QL_AVX2 static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, int k)
 {
-    const __m256i zero = _mm256_setzero_si256(), eight = _mm256_set1_epi32(8);
     if (qtype == QL_F16) {
         int i = 0;
         for (; i + 8 <= k; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
         for (; i < k; i++) y[i] = _cvtsh_ss(ql_u16(src + 2 * i));
-    } else if (qtype == QL_Q8_0) {
-        for (int b = 0; b < k / 32; b++, src += 34, y += 32) {
+    } else if (qtype == QL_Q8_0 || qtype == QL_Q4_0 || qtype == QL_Q4_1) {
+        /* 32 integers per block, as two 16-byte halves (Q4: the low nibbles are elements 0-15, the high 16-31),
+           then 8 at a time: y = d * (q - offset), or d * q + m for Q4_1. */
+        const int q4 = qtype != QL_Q8_0, with_min = qtype == QL_Q4_1;
+        const size_t block = qtype == QL_Q8_0 ? 34 : qtype == QL_Q4_0 ? 18 : 20;
+        const __m256i offset = _mm256_set1_epi32(qtype == QL_Q4_0 ? 8 : 0);
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        for (int b = 0; b < k / 32; b++, src += block, y += 32) {
             const __m256 d = _mm256_set1_ps(ql_fp16_avx2(src));
-            const __m128i lo = _mm_loadu_si128((const __m128i *)(src + 2)), hi = _mm_loadu_si128((const __m128i *)(src + 18));
-            ql_store_i8x8(y, lo, d, 1, zero);
-            ql_store_i8x8(y + 8, _mm_unpackhi_epi64(lo, lo), d, 1, zero);
-            ql_store_i8x8(y + 16, hi, d, 1, zero);
-            ql_store_i8x8(y + 24, _mm_unpackhi_epi64(hi, hi), d, 1, zero);
-        }
-    } else if (qtype == QL_Q4_0) {
-        for (int b = 0; b < k / 32; b++, src += 18, y += 32) {
-            const __m256 d = _mm256_set1_ps(ql_fp16_avx2(src));
-            const __m128i t = _mm_loadu_si128((const __m128i *)(src + 2)), m = _mm_set1_epi8(0x0F);
-            const __m128i lo = _mm_and_si128(t, m), hi = _mm_and_si128(_mm_srli_epi16(t, 4), m);
-            ql_store_i8x8(y, lo, d, 0, eight);
-            ql_store_i8x8(y + 8, _mm_unpackhi_epi64(lo, lo), d, 0, eight);
-            ql_store_i8x8(y + 16, hi, d, 0, eight);
-            ql_store_i8x8(y + 24, _mm_unpackhi_epi64(hi, hi), d, 0, eight);
-        }
-    } else if (qtype == QL_Q4_1) {
-        for (int b = 0; b < k / 32; b++, src += 20, y += 32) {
-            const __m256 d = _mm256_set1_ps(ql_fp16_avx2(src)), mn = _mm256_set1_ps(ql_fp16_avx2(src + 2));
-            const __m128i t = _mm_loadu_si128((const __m128i *)(src + 4)), m = _mm_set1_epi8(0x0F);
-            const __m128i lo = _mm_and_si128(t, m), hi = _mm_and_si128(_mm_srli_epi16(t, 4), m);
+            const __m256 m = _mm256_set1_ps(with_min ? ql_fp16_avx2(src + 2) : 0.0f);
+            const uint8_t *q = src + (with_min ? 4 : 2);
+            __m128i lo = _mm_loadu_si128((const __m128i *)q), hi;
+            if (q4) {
+                hi = _mm_and_si128(_mm_srli_epi16(lo, 4), nibble);
+                lo = _mm_and_si128(lo, nibble);
+            } else {
+                hi = _mm_loadu_si128((const __m128i *)(q + 16));
+            }
             const __m128i parts[4] = {lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)};
-            for (int p = 0; p < 4; p++)
-                _mm256_storeu_ps(y + 8 * p, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), mn));
+            for (int p = 0; p < 4; p++) {
+                const __m256i v = q4 ? _mm256_cvtepu8_epi32(parts[p]) : _mm256_cvtepi8_epi32(parts[p]);
+                const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(v, offset));
+                _mm256_storeu_ps(y + 8 * p, with_min ? _mm256_fmadd_ps(d, f, m) : _mm256_mul_ps(d, f));
+            }
         }
     } else {
         ql_decode_row_vec(qtype, src, y, k);

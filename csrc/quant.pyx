@@ -41,20 +41,9 @@ cdef extern from *:
     float fp16_to_fp32 "fastlm_fp16_to_fp32"(uint16_t h) noexcept nogil
     float bf16_to_fp32 "fastlm_bf16_to_fp32"(uint16_t h) noexcept nogil
 
-# ggml type ids (the numbers stored in GGUF tensor infos).
-cdef enum:
-    T_F32 = 0
-    T_F16 = 1
-    T_Q4_0 = 2
-    T_Q4_1 = 3
-    T_Q8_0 = 8
-    T_Q4_K = 12
-    T_Q6_K = 14
-    T_BF16 = 30
+include "ggml_types.pxi"
 
-# Each type's block: (elements, bytes).
-BLOCKS = {T_F32: (1, 4), T_F16: (1, 2), T_BF16: (1, 2), T_Q8_0: (32, 34), T_Q4_0: (32, 18),
-          T_Q4_1: (32, 20), T_Q4_K: (256, 144), T_Q6_K: (256, 210)}
+BLOCKS = GGML_BLOCKS        # every type decodes
 
 # Below this many elements a parallel region costs more than it saves; a chunk is one unit of parallel work.
 cdef Py_ssize_t PARALLEL_MIN = 65536

@@ -126,16 +126,10 @@ cdef extern from *:
     void put_q4_0 "fastlmq_q4_0"(const float* x, uint8_t* y) noexcept nogil
     void put_q4_1 "fastlmq_q4_1"(const float* x, uint8_t* y) noexcept nogil
 
-# ggml type ids (the numbers stored in GGUF tensor infos).
-cdef enum:
-    T_F32 = 0
-    T_F16 = 1
-    T_Q4_0 = 2
-    T_Q4_1 = 3
-    T_Q8_0 = 8
+include "ggml_types.pxi"
 
-# Each type's block: (elements, bytes).
-BLOCKS = {T_F32: (1, 4), T_F16: (1, 2), T_Q4_0: (32, 18), T_Q4_1: (32, 20), T_Q8_0: (32, 34)}
+# The types that encode, and their blocks.
+BLOCKS = {t: GGML_BLOCKS[t] for t in (T_F32, T_F16, T_Q4_0, T_Q4_1, T_Q8_0)}
 
 # Below this many elements a parallel region costs more than it saves; a chunk is one unit of parallel work.
 cdef Py_ssize_t PARALLEL_MIN = 65536

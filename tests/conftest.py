@@ -27,6 +27,17 @@ def api(request):
     return request.param
 
 
+@pytest.fixture(params=[True, False], ids=["simd", "portable"])
+def simd(request):
+    """Run a test on the AVX2 kernels and again on the portable ones; restore the setting afterwards."""
+    before = fastlm.simd_enabled()
+    fastlm.set_simd(request.param)
+    if request.param and not fastlm.simd_enabled():
+        pytest.skip("this CPU has no AVX2/FMA/F16C")
+    yield request.param
+    fastlm.set_simd(before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

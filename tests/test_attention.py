@@ -48,17 +48,6 @@ def run(q, k, v, start_pos):
     return out
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "portable"])
-def simd(request):
-    """Run a test on the AVX2 kernels and again on the portable ones; restore the default afterwards."""
-    before = _attention.simd_enabled()
-    _attention.set_simd(request.param)
-    if request.param and not _attention.simd_enabled():
-        pytest.skip("this CPU has no AVX2/FMA")
-    yield request.param
-    _attention.set_simd(before)
-
-
 # (B, L, h, hkv, dk, T, start_pos): prefill, chunked prefill, decode, odd sizes and the key-split path.
 CASES = {
     "prefill": (1, 37, 4, 2, 64, 37, [0]),

@@ -16,14 +16,6 @@ def dtype(request):
     return request.param
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "portable"])
-def simd(request):
-    before = fastlm.simd_enabled()
-    fastlm.set_simd(request.param)
-    yield request.param
-    fastlm.set_simd(before)
-
-
 @pytest.mark.parametrize("k", [1, 7, 576, 1536])
 @pytest.mark.parametrize("m", [1, 5, 3072])
 def test_linear_every_path(dtype, simd, k, m, rng):

@@ -91,16 +91,6 @@ def assert_close(out, x, ref_w, qtype, n, prior=None, beta=0.0):
             assert np.linalg.norm(err) <= FLOAT_TOL * np.linalg.norm(ref)
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "portable"])
-def simd(request):
-    before = _qlinear.simd_enabled()
-    _qlinear.set_simd(request.param)
-    if request.param and not _qlinear.simd_enabled():
-        pytest.skip("no AVX2/FMA/F16C on this CPU")
-    yield request.param
-    _qlinear.set_simd(before)
-
-
 @pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("n", NS)
