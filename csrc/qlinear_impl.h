@@ -1,5 +1,5 @@
 /* Kernels of qlinear.pyx: out (n, rows) = x (n, k) @ dequant(w (rows, row_bytes)).T + beta * out on one thread,
- * with w in a GGUF block format (ggml type ids below). qlinear.pyx splits w's rows across the threads.
+ * with w in a GGUF block format (ggml_blocks.h). qlinear.pyx splits w's rows across the threads.
  *
  * Three paths:
  *   - integer (Q8_0, Q4_0, Q4_1, n below qlinear.pyx's DEC_N_MIN): the activation rows are quantized once per call
@@ -35,102 +35,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "ggml_blocks.h"
 #include "linear_impl.h"
 
-enum { QL_F16 = 1, QL_Q4_0 = 2, QL_Q4_1 = 3, QL_Q8_0 = 8, QL_Q4_K = 12, QL_Q6_K = 14 };
-
 #define QL_PF_ROWS 8        /* prefetch distance, in weight rows: two blocks of 4 ahead */
-
-/* ------------------------------------------------------------------------------------------- scalar helpers */
-
-static inline float ql_bits_to_f32(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
-static inline uint32_t ql_f32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }
-static inline uint16_t ql_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
-/* IEEE half -> single, exact (the branch-free conversion quant.pyx and ggml's portable path use). */
-static inline float ql_fp16(uint16_t h)
-{
-    const uint32_t w = (uint32_t)h << 16;
-    const uint32_t sign = w & 0x80000000u;
-    const uint32_t two_w = w + w;
-    const float normalized = ql_bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    const float denormalized = ql_bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
-    const uint32_t bits = two_w < (1u << 27) ? ql_f32_to_bits(denormalized) : ql_f32_to_bits(normalized);
-    return ql_bits_to_f32(sign | bits);
-}
-
-static inline int ql_k4_scale(const uint8_t *q, int j)
-{
-    return j < 4 ? q[j] & 63 : (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-}
-
-static inline int ql_k4_min(const uint8_t *q, int j)
-{
-    return j < 4 ? q[j + 4] & 63 : (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-}
-
-/* ------------------------------------------------------------------------------- row decoders (any target) */
-
-/* One row of k elements of qtype from src into y, the formulas of quant.pyx (ggml's dequantizers). TARGET lets
- * the compiler vectorize them for AVX2 too (K-quants; the 32-blocks have hand-written AVX2 below). */
-#define QL_DECODER(FN, TARGET)                                                                                   \
-TARGET static void FN(int qtype, const uint8_t *src, float *y, int k)                                            \
-{                                                                                                                \
-    if (qtype == QL_F16) {                                                                                       \
-        for (int i = 0; i < k; i++) y[i] = ql_fp16(ql_u16(src + 2 * i));                                         \
-    } else if (qtype == QL_Q8_0) {                                                                               \
-        for (int b = 0; b < k / 32; b++, src += 34, y += 32) {                                                   \
-            const float d = ql_fp16(ql_u16(src));                                                                \
-            for (int j = 0; j < 32; j++) y[j] = d * (int8_t)src[2 + j];                                          \
-        }                                                                                                        \
-    } else if (qtype == QL_Q4_0) {                                                                               \
-        for (int b = 0; b < k / 32; b++, src += 18, y += 32) {                                                   \
-            const float d = ql_fp16(ql_u16(src));                                                                \
-            for (int j = 0; j < 16; j++) {                                                                       \
-                y[j] = d * ((src[2 + j] & 0x0F) - 8);                                                            \
-                y[j + 16] = d * ((src[2 + j] >> 4) - 8);                                                         \
-            }                                                                                                    \
-        }                                                                                                        \
-    } else if (qtype == QL_Q4_1) {                                                                               \
-        for (int b = 0; b < k / 32; b++, src += 20, y += 32) {                                                   \
-            const float d = ql_fp16(ql_u16(src)), m = ql_fp16(ql_u16(src + 2));                                  \
-            for (int j = 0; j < 16; j++) {                                                                       \
-                y[j] = d * (src[4 + j] & 0x0F) + m;                                                              \
-                y[j + 16] = d * (src[4 + j] >> 4) + m;                                                           \
-            }                                                                                                    \
-        }                                                                                                        \
-    } else if (qtype == QL_Q4_K) {                                                                               \
-        for (int b = 0; b < k / 256; b++, src += 144) {                                                          \
-            const float d = ql_fp16(ql_u16(src)), dmin = ql_fp16(ql_u16(src + 2));                               \
-            const uint8_t *sc = src + 4, *qs = src + 16;                                                         \
-            for (int g = 0; g < 4; g++, qs += 32, y += 64) {                                                     \
-                const float d1 = d * ql_k4_scale(sc, 2 * g), m1 = dmin * ql_k4_min(sc, 2 * g);                   \
-                const float d2 = d * ql_k4_scale(sc, 2 * g + 1), m2 = dmin * ql_k4_min(sc, 2 * g + 1);           \
-                for (int l = 0; l < 32; l++) {                                                                   \
-                    y[l] = d1 * (qs[l] & 0x0F) - m1;                                                             \
-                    y[l + 32] = d2 * (qs[l] >> 4) - m2;                                                          \
-                }                                                                                                \
-            }                                                                                                    \
-        }                                                                                                        \
-    } else if (qtype == QL_Q6_K) {                                                                               \
-        for (int b = 0; b < k / 256; b++, src += 210) {                                                          \
-            const uint8_t *ql = src, *qh = src + 128;                                                            \
-            const int8_t *sc = (const int8_t *)(src + 192);                                                      \
-            const float d = ql_fp16(ql_u16(src + 208));                                                          \
-            for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, y += 128) {                        \
-                for (int l = 0; l < 32; l++) {                                                                   \
-                    const int s = l / 16;                                                                        \
-                    y[l] = d * sc[s] * (((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32);                      \
-                    y[l + 32] = d * sc[s + 2] * (((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32);        \
-                    y[l + 64] = d * sc[s + 4] * (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);               \
-                    y[l + 96] = d * sc[s + 6] * (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);          \
-                }                                                                                                \
-            }                                                                                                    \
-        }                                                                                                        \
-    }                                                                                                            \
-}
-
-QL_DECODER(ql_decode_row, )
 
 /* ------------------------------------------------------------------------ activation quantization, portable */
 
@@ -160,7 +68,7 @@ static void ql_small_q(int qtype, const int16_t *xq, const float *xd, const floa
                        const uint8_t *w, size_t row_bytes, int rows, float *out, int ld_out, float beta)
 {
     const int nb = k / 32;
-    const size_t bs = qtype == QL_Q8_0 ? 34 : qtype == QL_Q4_0 ? 18 : 20;
+    const size_t bs = qtype == BLK_Q8_0 ? 34 : qtype == BLK_Q4_0 ? 18 : 20;
     for (int r = 0; r < rows; r++) {
         const uint8_t *wr = w + (size_t)r * row_bytes;
         for (int j = 0; j < n; j++) {
@@ -168,15 +76,15 @@ static void ql_small_q(int qtype, const int16_t *xq, const float *xd, const floa
             float acc = 0.0f;
             for (int b = 0; b < nb; b++, a += 32) {
                 const uint8_t *blk = wr + (size_t)b * bs;
-                const float dw = ql_fp16(ql_u16(blk)), da = xd[(size_t)j * nb + b];
+                const float dw = blk_fp16(blk_u16(blk)), da = xd[(size_t)j * nb + b];
                 int32_t isum = 0;                         /* |q_w| <= 128, |q_a| <= 32768: |isum| < 2^27 */
                 float corr = 0.0f;
-                if (qtype == QL_Q8_0) {
+                if (qtype == BLK_Q8_0) {
                     for (int l = 0; l < 32; l++) isum += (int8_t)blk[2 + l] * a[l];
                 } else {
-                    const uint8_t *qs = blk + (qtype == QL_Q4_0 ? 2 : 4);
+                    const uint8_t *qs = blk + (qtype == BLK_Q4_0 ? 2 : 4);
                     for (int l = 0; l < 16; l++) isum += (qs[l] & 0x0F) * a[l] + (qs[l] >> 4) * a[l + 16];
-                    corr = (qtype == QL_Q4_0 ? -8.0f * dw : ql_fp16(ql_u16(blk + 2))) * xs[(size_t)j * nb + b];
+                    corr = (qtype == BLK_Q4_0 ? -8.0f * dw : blk_fp16(blk_u16(blk + 2))) * xs[(size_t)j * nb + b];
                 }
                 acc += dw * da * (float)isum + corr;
             }
@@ -199,9 +107,11 @@ static int ql_cpu_has_avx2(void)
            && __builtin_cpu_supports("f16c");
 }
 
-QL_DECODER(ql_decode_row_vec, QL_AVX2)
+/* The row decoders compiled for AVX2 (the compiler vectorizes the K-quants; the 32-element formats have
+ * hand-written AVX2 in ql_decode_row_avx2). */
+BLK_DECODER(ql_decode_row_vec, float, QL_AVX2)
 
-QL_AVX2_INLINE float ql_fp16_avx2(const uint8_t *p) { return _cvtsh_ss(ql_u16(p)); }
+QL_AVX2_INLINE float ql_fp16_avx2(const uint8_t *p) { return _cvtsh_ss(blk_u16(p)); }
 
 QL_AVX2_INLINE float ql_hmax(__m256 v)
 {
@@ -262,7 +172,7 @@ QL_AVX2_INLINE void ql_block_q_avx2(const int QT, const uint8_t *w, size_t row_b
                                     const float *xd, const float *xs, int k, float *out, int ld_out, float beta,
                                     const int R, const int J)
 {
-    const size_t bs = QT == QL_Q8_0 ? 34 : QT == QL_Q4_0 ? 18 : 20;
+    const size_t bs = QT == BLK_Q8_0 ? 34 : QT == BLK_Q4_0 ? 18 : 20;
     const __m256i m4 = _mm256_set1_epi16(0x0F);
     __m256 acc[QL_JMAX];
     __m128 corr[QL_JMAX];
@@ -274,20 +184,20 @@ QL_AVX2_INLINE void ql_block_q_avx2(const int QT, const uint8_t *w, size_t row_b
             if (i >= R) { w0[i] = w1[i] = _mm256_setzero_si256(); continue; }
             const uint8_t *blk = w + (size_t)i * row_bytes + (size_t)b * bs;
             _mm_prefetch((const char *)((uintptr_t)blk + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
-            hd[i] = ql_u16(blk);
-            if (QT == QL_Q8_0) {
+            hd[i] = blk_u16(blk);
+            if (QT == BLK_Q8_0) {
                 w0[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
                 w1[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
             } else {
-                const __m256i t = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + (QT == QL_Q4_0 ? 2 : 4))));
+                const __m256i t = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + (QT == BLK_Q4_0 ? 2 : 4))));
                 w0[i] = _mm256_and_si256(t, m4);
                 w1[i] = _mm256_srli_epi16(t, 4);
-                if (QT == QL_Q4_1) hm[i] = ql_u16(blk + 2);
+                if (QT == BLK_Q4_1) hm[i] = blk_u16(blk + 2);
             }
         }
         const __m128 dw4 = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
         const __m256 dw8 = _mm256_set_m128(dw4, dw4);
-        const __m128 cw4 = QT == QL_Q4_1 ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0)) : dw4;
+        const __m128 cw4 = QT == BLK_Q4_1 ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0)) : dw4;
         for (int j = 0; j < J; j++) {
             const int16_t *a = xq + (size_t)j * k + (size_t)b * 32;
             const __m256i a0 = _mm256_loadu_si256((const __m256i *)a), a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
@@ -300,13 +210,13 @@ QL_AVX2_INLINE void ql_block_q_avx2(const int QT, const uint8_t *w, size_t row_b
             const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(xd + (size_t)j * nb + b)),
                                      _mm256_cvtepi32_ps(h), acc[j]);
-            if (QT != QL_Q8_0) corr[j] = _mm_fmadd_ps(cw4, _mm_broadcast_ss(xs + (size_t)j * nb + b), corr[j]);
+            if (QT != BLK_Q8_0) corr[j] = _mm_fmadd_ps(cw4, _mm_broadcast_ss(xs + (size_t)j * nb + b), corr[j]);
         }
     }
     for (int j = 0; j < J; j++) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-        if (QT == QL_Q4_0) s = _mm_fmadd_ps(_mm_set1_ps(-8.0f), corr[j], s);
-        else if (QT == QL_Q4_1) s = _mm_add_ps(s, corr[j]);
+        if (QT == BLK_Q4_0) s = _mm_fmadd_ps(_mm_set1_ps(-8.0f), corr[j], s);
+        else if (QT == BLK_Q4_1) s = _mm_add_ps(s, corr[j]);
         lin_store4_avx2(out + (size_t)j * ld_out, s, beta, R);
     }
 }
@@ -346,9 +256,9 @@ QL_AVX2_INLINE void ql_small_q_avx2_t(const int QT, const int16_t *xq, const flo
 QL_AVX2 static void ql_small_q_avx2(int qtype, const int16_t *xq, const float *xd, const float *xs, int n, int k,
                                     const uint8_t *w, size_t row_bytes, int rows, float *out, int ld_out, float beta)
 {
-    if (qtype == QL_Q8_0) ql_small_q_avx2_t(QL_Q8_0, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
-    else if (qtype == QL_Q4_0) ql_small_q_avx2_t(QL_Q4_0, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
-    else ql_small_q_avx2_t(QL_Q4_1, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
+    if (qtype == BLK_Q8_0) ql_small_q_avx2_t(BLK_Q8_0, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
+    else if (qtype == BLK_Q4_0) ql_small_q_avx2_t(BLK_Q4_0, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
+    else ql_small_q_avx2_t(BLK_Q4_1, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
 }
 
 /* ---- F16: float activations, 4 weight rows x 3 activation rows, weights converted by F16C */
@@ -376,7 +286,7 @@ QL_AVX2_INLINE void ql_small_f16_avx2_block(const float *x, const uint8_t *w, in
         _mm_storeu_ps(v, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
         float *o = out + (size_t)j * ld_out;
         for (int i = 0; i < R; i++) {
-            for (size_t d = k8; d < (size_t)k; d++) v[i] += _cvtsh_ss(ql_u16(w + i * rb + 2 * d)) * x[(size_t)j * k + d];
+            for (size_t d = k8; d < (size_t)k; d++) v[i] += _cvtsh_ss(blk_u16(w + i * rb + 2 * d)) * x[(size_t)j * k + d];
             o[i] = beta != 0.0f ? v[i] + beta * o[i] : v[i];
         }
     }
@@ -387,16 +297,16 @@ LIN_AVX2_DRIVERS(ql_small_f16_avx2, uint8_t, 2 * k, "avx2,fma,f16c")
 /* ---- hand-vectorized row decoders of the 32-element formats and F16, for the prefill panels */
 QL_AVX2 static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, int k)
 {
-    if (qtype == QL_F16) {
+    if (qtype == BLK_F16) {
         int i = 0;
         for (; i + 8 <= k; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
-        for (; i < k; i++) y[i] = _cvtsh_ss(ql_u16(src + 2 * i));
-    } else if (qtype == QL_Q8_0 || qtype == QL_Q4_0 || qtype == QL_Q4_1) {
+        for (; i < k; i++) y[i] = _cvtsh_ss(blk_u16(src + 2 * i));
+    } else if (qtype == BLK_Q8_0 || qtype == BLK_Q4_0 || qtype == BLK_Q4_1) {
         /* 32 integers per block, as two 16-byte halves (Q4: the low nibbles are elements 0-15, the high 16-31),
            then 8 at a time: y = d * (q - offset), or d * q + m for Q4_1. */
-        const int q4 = qtype != QL_Q8_0, with_min = qtype == QL_Q4_1;
-        const size_t block = qtype == QL_Q8_0 ? 34 : qtype == QL_Q4_0 ? 18 : 20;
-        const __m256i offset = _mm256_set1_epi32(qtype == QL_Q4_0 ? 8 : 0);
+        const int q4 = qtype != BLK_Q8_0, with_min = qtype == BLK_Q4_1;
+        const size_t block = qtype == BLK_Q8_0 ? 34 : qtype == BLK_Q4_0 ? 18 : 20;
+        const __m256i offset = _mm256_set1_epi32(qtype == BLK_Q4_0 ? 8 : 0);
         const __m128i nibble = _mm_set1_epi8(0x0F);
         for (int b = 0; b < k / 32; b++, src += block, y += 32) {
             const __m256 d = _mm256_set1_ps(ql_fp16_avx2(src));
@@ -440,7 +350,7 @@ static void ql_decode_rows(int qtype, const uint8_t *w, size_t row_bytes, int ro
 {
     for (int r = 0; r < rows; r++) {
         if (simd) ql_decode_row_avx2(qtype, w + (size_t)r * row_bytes, y + (size_t)r * k, k);
-        else ql_decode_row(qtype, w + (size_t)r * row_bytes, y + (size_t)r * k, k);
+        else blk_decode_f32(qtype, w + (size_t)r * row_bytes, y + (size_t)r * k, (size_t)k);
     }
 }
 
@@ -465,6 +375,5 @@ static void ql_quant_rows(const float *x, int n, int k, int16_t *q, float *d, fl
     }
 }
 
-#undef QL_DECODER
 
 #endif
