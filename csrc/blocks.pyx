@@ -33,20 +33,18 @@ cdef bint _cpu_simd = lin_cpu_has_avx2_fma() and attn_cpu_has_avx2_fma() and ql_
 include "simd_switch.pxi"
 
 
-cdef struct Matrix:
-    const void* data       # rows of the model's float type, or of GGUF blocks
-    int qtype              # DENSE, or the ggml type of the blocks
-    int rows, cols
+cdef struct Projection:
+    # One float matrix (nparts == 0: dense, rows x cols of the model's type), or up to 3 block-format matrices
+    # that share their input, their outputs side by side (Q, K, V; gate, up), as loaded.
+    const void* dense
+    QPart parts[3]
+    int nparts, rows, cols
 
 
 cdef struct Layer:
     const void* attn_norm
     const void* ffn_norm
-    Matrix qkv, wo, gate_up, down
-
-
-cdef enum:
-    DENSE = -1
+    Projection qkv, wo, gate_up, down
 
 
 cdef const void* _address(a, dtype):
@@ -57,17 +55,32 @@ cdef const void* _address(a, dtype):
     return <const void*><size_t>a.ctypes.data
 
 
-cdef Matrix _matrix(w, dtype) except *:
-    cdef Matrix m
-    if isinstance(w, QuantizedTensor):
-        if dtype != np.float32:
-            raise TypeError("block-quantized weights need a float32 model")
-        m.data, m.qtype = _address(w.data, np.uint8), int(w.qtype)
-        check_qtype(m.qtype, w.shape[1])
-    else:
-        m.data, m.qtype = _address(w, dtype), DENSE
-    m.rows, m.cols = w.shape
-    return m
+cdef Projection _projection(w, dtype, Py_ssize_t rows, Py_ssize_t cols) except *:
+    """The kernels' view of a (rows, cols) weight: a float array of ``dtype``, or a QuantizedTensor or a tuple
+    of them (their rows one after another; float32 models only)."""
+    cdef Projection p
+    parts = (w,) if isinstance(w, QuantizedTensor) else w if isinstance(w, tuple) else None
+    p.nparts, p.rows, p.cols = 0, 0, cols
+    if parts is None:
+        if tuple(w.shape) != (rows, cols):
+            raise ValueError(f"a weight has shape {tuple(w.shape)}, expected {(rows, cols)}")
+        p.dense, p.rows = _address(w, dtype), rows
+        return p
+    if dtype != np.float32:
+        raise TypeError("block-quantized weights need a float32 model")
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(f"a projection holds 1 to 3 matrices, got {len(parts)}")
+    for part in parts:
+        if not isinstance(part, QuantizedTensor) or part.shape[1] != cols:
+            raise ValueError(f"expected block-format matrices of {cols} columns, got {part!r}")
+        check_qtype(int(part.qtype), cols)
+        p.parts[p.nparts].data = <const uint8_t*>_address(part.data, np.uint8)
+        p.parts[p.nparts].qtype, p.parts[p.nparts].rows = int(part.qtype), part.shape[0]
+        p.nparts += 1
+        p.rows += part.shape[0]
+    if p.rows != rows:
+        raise ValueError(f"matrices of {p.rows} rows in all, expected {rows}")
+    return p
 
 
 cdef class Blocks:
@@ -96,23 +109,26 @@ cdef class Blocks:
         self.layers = <Layer*>malloc(max(1, self.num_layers) * sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
+        self.d_model, self.d_ff = blocks[0].w_down.shape
+        cdef Py_ssize_t d = self.d_model, ff = self.d_ff, q = num_heads * self.head_dim
+        cdef Py_ssize_t kv = num_kv_heads * self.head_dim
         cdef Layer* layer
         cdef int i
         for i, block in enumerate(blocks):
             layer = &self.layers[i]
+            for norm in (block.attn_norm.weight, block.ffn_norm.weight):
+                if norm.shape != (d,):
+                    raise ValueError(f"a norm weight has shape {norm.shape}, expected ({d},)")
             layer.attn_norm = _address(block.attn_norm.weight, self.dtype)
             layer.ffn_norm = _address(block.ffn_norm.weight, self.dtype)
-            layer.qkv = _matrix(block.w_qkv, self.dtype)
-            layer.wo = _matrix(block.wo, self.dtype)
-            layer.gate_up = _matrix(block.w_gate_up, self.dtype)
-            layer.down = _matrix(block.w_down, self.dtype)
+            layer.qkv = _projection(block.w_qkv, self.dtype, q + 2 * kv, d)
+            layer.wo = _projection(block.wo, self.dtype, d, q)
+            layer.gate_up = _projection(block.w_gate_up, self.dtype, 2 * ff, d)
+            layer.down = _projection(block.w_down, self.dtype, d, ff)
             self._keep.append(block)
             self.eps, self.scale = block.attn_norm.eps, block.scale
-        first = blocks[0]
-        self.d_model, self.d_ff = first.wo.shape[0], first.w_down.shape[1]
-        self.max_in = max(self.d_model, self.d_ff, num_heads * self.head_dim)
-        self.quantized = any(isinstance(w, QuantizedTensor)
-                             for b in blocks for w in (b.w_qkv, b.wo, b.w_gate_up, b.w_down))
+        self.max_in = max(d, ff, q)
+        self.quantized = any(isinstance(w, QuantizedTensor) for b in blocks for w in b.matrices())
 
     def __dealloc__(self):
         free(self.layers)
@@ -180,15 +196,15 @@ cdef class Blocks:
             layer = &self.layers[i]
             kc, vc = k_cache + i * k_layer, v_cache + i * v_layer
             rmsnorm_run(x, <const floating*>layer.attn_norm, self.eps, xn, n, self.d_model)
-            _matmul(xn, &layer.qkv, qkv, n, 0, simd, qscratch)
+            _project(xn, &layer.qkv, qkv, n, 0, simd, qscratch)
             rope_qkv_run(qkv, <const floating*>self.cos, <const floating*>self.sin, start_pos, q, kc, vc,
                          B, L, h, hkv, dk, T)
             attention_run(q, kc, vc, start_pos, attn, B, L, h, hkv, dk, T, hi, self.scale, attn_scratch, simd)
-            _matmul(attn, &layer.wo, x, n, 1, simd, qscratch)       # the residual add rides the projection
+            _project(attn, &layer.wo, x, n, 1, simd, qscratch)       # the residual add rides the projection
             rmsnorm_run(x, <const floating*>layer.ffn_norm, self.eps, xn, n, self.d_model)
-            _matmul(xn, &layer.gate_up, gate_up, n, 0, simd, qscratch)
+            _project(xn, &layer.gate_up, gate_up, n, 0, simd, qscratch)
             swiglu_run(gate_up, act, n, self.d_ff)
-            _matmul(act, &layer.down, x, n, 1, simd, qscratch)
+            _project(act, &layer.down, x, n, 1, simd, qscratch)
 
 
 cdef tuple _dims(Py_ssize_t* shape, int ndim):
@@ -213,10 +229,10 @@ cdef Py_ssize_t _check_cache(str name, floating[:, :, :, :, :] c, int layers, in
     return c.strides[0] // item
 
 
-cdef inline void _matmul(const floating* x, const Matrix* w, floating* out, int n, int beta, bint simd,
-                         uint8_t* qscratch) noexcept nogil:
+cdef inline void _project(const floating* x, const Projection* w, floating* out, int n, int beta, bint simd,
+                          uint8_t* qscratch) noexcept nogil:
     """out (n, rows) = x (n, cols) @ w.T + beta * out, on the dense or the block kernels."""
-    if w.qtype == DENSE:
-        linear_run(x, <const floating*>w.data, out, n, w.cols, w.rows, beta, simd)
+    if w.nparts == 0:
+        linear_run(x, <const floating*>w.dense, out, n, w.cols, w.rows, beta, simd)
     elif floating is float:
-        qlinear_run(x, <const uint8_t*>w.data, w.qtype, out, n, w.cols, w.rows, beta, qscratch, simd)
+        qlinear_parts(x, w.parts, w.nparts, out, n, w.cols, beta, qscratch, simd)

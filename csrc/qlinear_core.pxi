@@ -102,24 +102,42 @@ cdef int check_qtype(int qtype, Py_ssize_t k) except -1:
     return 0
 
 
+cdef struct QPart:
+    const uint8_t* data     # rows of GGUF blocks
+    int qtype
+    int rows
+
+
+cdef inline int _mode(int qtype, Py_ssize_t n, bint simd) noexcept nogil:
+    """The path a call over n activation rows takes for weights of ``qtype``."""
+    if n >= _panel_min[qtype]:
+        return M_PANEL
+    if n >= _dec_min[qtype]:
+        return M_DEC
+    if qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
+        return M_INT
+    return M_F16 if qtype == T_F16 and simd else M_DEC
+
+
 cdef void qlinear_run(const float* xp, const uint8_t* wp, int qtype, float* op, int ni, int ki, int mi,
                       float fbeta, uint8_t* sp, bint simd) noexcept nogil:
-    """out (n, m) = x (n, k) @ dequant(w).T + beta * out for validated operands (check_qtype; n, m >= 1) with
-    qlinear_scratch_size(n, k, omp_get_max_threads()) bytes of scratch at sp, unaligned."""
+    """out (n, m) = x (n, k) @ dequant(w).T + beta * out for validated operands (check_qtype; n, m >= 1), with
+    qlinear_scratch_size(n, k, omp_get_max_threads()) bytes of scratch at sp."""
+    cdef QPart part
+    part.data, part.qtype, part.rows = wp, qtype, mi
+    qlinear_parts(xp, &part, 1, op, ni, ki, fbeta, sp, simd)
+
+
+cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* op, int ni, int ki, float fbeta,
+                        uint8_t* sp, bint simd) noexcept nogil:
+    """qlinear_run for up to 3 matrices that share the input x, their outputs side by side in each row of out
+    (Q, K and V; gate and up): one pass of the threads over all their rows, x rounded to integers once."""
     cdef Py_ssize_t n = ni, k = ki
-    cdef size_t row_bytes = <size_t>(ki // _block_elements[qtype]) * _block_bytes[qtype]
+    cdef int p, mi = 0, any_int = 0
+    for p in range(nparts):
+        mi += parts[p].rows
+        any_int = any_int or _mode(parts[p].qtype, n, simd) == M_INT
     cdef int threads = omp_get_max_threads() if <double>ni * mi * ki >= PARALLEL_MIN_WORK else 1
-    cdef int mode
-    if n >= _panel_min[qtype]:
-        mode = M_PANEL
-    elif n >= _dec_min[qtype]:
-        mode = M_DEC
-    elif qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
-        mode = M_INT
-    elif qtype == T_F16 and simd:
-        mode = M_F16
-    else:
-        mode = M_DEC
 
     # Layout: align the base to 64 bytes; per-thread float buffers, then the quantized activations.
     cdef uint8_t* base = <uint8_t*>((<uintptr_t>sp + 63) & ~(<uintptr_t>63))
@@ -128,16 +146,27 @@ cdef void qlinear_run(const float* xp, const uint8_t* wp, int qtype, float* op, 
     cdef int16_t* xq = <int16_t*>act
     cdef float* xd = <float*>(act + _align(n * k * 2))
     cdef float* xs = <float*>(act + _align(n * k * 2) + _align(n * (k // 32) * 4))
-    if mode == M_INT:
+    if any_int:
         ql_quant_rows(xp, ni, ki, xq, xd, xs, simd)
 
+    # Slices of the rows of all the parts together; a slice crossing a part boundary does a piece of each.
     cdef int per = (mi + threads - 1) // threads
     per = (per + QL_SLICE_ALIGN - 1) // QL_SLICE_ALIGN * QL_SLICE_ALIGN
-    cdef int slices = (mi + per - 1) // per, s, lo
+    cdef int slices = (mi + per - 1) // per, s, lo, hi, first, a, b
+    cdef size_t row_bytes
     for s in prange(slices, num_threads=slices, schedule="static"):
         lo = s * per
-        _slice(mode, qtype, xp, xq, xd, xs, ni, ki, wp + <Py_ssize_t>lo * row_bytes, row_bytes,
-               min(per, mi - lo), op + lo, mi, fbeta, <float*>(base + s * buf_bytes), simd)
+        hi = min(lo + per, mi)
+        first = 0
+        for p in range(nparts):
+            a = max(lo, first)
+            b = min(hi, first + parts[p].rows)
+            if a < b:
+                row_bytes = <size_t>(ki // _block_elements[parts[p].qtype]) * _block_bytes[parts[p].qtype]
+                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, xq, xd, xs, ni, ki,
+                       parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, mi, fbeta,
+                       <float*>(base + s * buf_bytes), simd)
+            first = first + parts[p].rows
 
 
 cdef void _slice(int mode, int qtype, const float* x, const int16_t* xq, const float* xd, const float* xs, int n,

@@ -120,34 +120,38 @@ def as_matrix(w: Matrix, dtype: np.dtype) -> Matrix:
     return np.ascontiguousarray(w, dtype=dtype)
 
 
-def stacked(parts: list[Matrix], dtype: np.dtype) -> Matrix:
-    """The parts' rows in one matrix, so that a fused projection is one call: in block form when every part
-    has the same block type, else decoded to ``dtype`` (a file may mix types, e.g. a Q6_K attn_v)."""
+def fused(parts: list[Matrix], dtype: np.dtype) -> np.ndarray | tuple[QuantizedTensor, ...]:
+    """Matrices that share their input, as one projection: block-format parts stay as loaded (the kernels run
+    them in one pass, outputs side by side); float ones become one array of all their rows (as do all of
+    them if the file mixes float and block parts)."""
     parts = [as_matrix(p, dtype) for p in parts]
-    if all(isinstance(p, QuantizedTensor) for p in parts) and len({p.qtype for p in parts}) == 1:
-        return QuantizedTensor.stack(parts)
+    if all(isinstance(p, QuantizedTensor) for p in parts):
+        return tuple(parts)
     dense = [p.dequantize(dtype) if isinstance(p, QuantizedTensor) else p for p in parts]
     return np.ascontiguousarray(np.concatenate(dense), dtype=dtype)
 
 
 class TransformerBlock:
-    """The weights of one pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h)). The compiled
-    forward pass (``fastlm._blocks``) runs it.
-
-    Q/K/V weights live in one fused (q_dim + 2 kv_dim, d) matrix and gate/up in one (2 d_ff, d) matrix, so
-    each is a single projection. Weights are float arrays or :class:`QuantizedTensor` blocks.
-    """
+    """The weights of one pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h)), run by the
+    compiled forward pass (``fastlm._blocks``). Each is a float array or, as loaded, a :class:`QuantizedTensor`
+    (a file may mix types, e.g. a Q6_K attn_v among Q4_K matrices); Q/K/V and gate/up are fused projections
+    (see :func:`fused`)."""
 
     def __init__(self, config: ModelConfig, params: dict[str, Matrix], index: int, dtype: np.dtype):
         p = lambda name: params[f"blk.{index}.{name}"]  # noqa: E731
         c = config
         self.attn_norm = RMSNorm(np.asarray(p("attn_norm"), dtype=dtype), c.norm_eps)
-        self.w_qkv = stacked([p("attn_q"), p("attn_k"), p("attn_v")], dtype)                # (q_dim + 2 kv_dim, d)
+        self.w_qkv = fused([p("attn_q"), p("attn_k"), p("attn_v")], dtype)                  # (q_dim + 2 kv_dim, d)
         self.wo = as_matrix(p("attn_output"), dtype)                                       # (d, q_dim)
         self.ffn_norm = RMSNorm(np.asarray(p("ffn_norm"), dtype=dtype), c.norm_eps)
-        self.w_gate_up = stacked([p("ffn_gate"), p("ffn_up")], dtype)                      # (2 d_ff, d)
+        self.w_gate_up = fused([p("ffn_gate"), p("ffn_up")], dtype)                        # (2 d_ff, d)
         self.w_down = as_matrix(p("ffn_down"), dtype)                                      # (d, d_ff)
         self.scale = 1.0 / np.sqrt(c.head_dim)
+
+    def matrices(self) -> list[Matrix]:
+        """Every weight matrix, fused parts one by one."""
+        return [w for group in (self.w_qkv, self.wo, self.w_gate_up, self.w_down)
+                for w in (group if isinstance(group, tuple) else (group,))]
 
 
 class CausalLM:
@@ -205,7 +209,7 @@ class CausalLM:
         if self.output is not self.embedding:
             yield self.output
         for b in self.blocks:
-            yield from (b.w_qkv, b.wo, b.w_gate_up, b.w_down)
+            yield from b.matrices()
 
     @property
     def weight_types(self) -> dict[str, int]:

@@ -59,7 +59,7 @@ def test_tokenize(capsys, smollm2_gguf_path):
 def test_bench(capsys, smollm2_gguf_path):
     code, out, _ = run(capsys, "bench", smollm2_gguf_path, "-p", 16, "-n", 4, "-r", 1, "-t", 1)
     assert code == 0
-    assert "| pp16 |" in out and "| tg4 |" in out and "| 120 Q4_1, 1 Q8_0 | 93.8 MiB | 1 |" in out
+    assert "| pp16 |" in out and "| tg4 |" in out and "| 210 Q4_1, 1 Q8_0 | 93.8 MiB | 1 |" in out
 
 
 def test_bench_each_format(capsys, smollm2_gguf_path, tmp_path, monkeypatch):
@@ -70,8 +70,8 @@ def test_bench_each_format(capsys, smollm2_gguf_path, tmp_path, monkeypatch):
         assert code == 0
         rows = [line for line in out.splitlines() if line.startswith("| SmolLM2")]
         assert [row.split(" | ")[0:2] for row in rows] == [
-            ["| SmolLM2-135M-Instruct.Q4_1.F16.gguf", "121 F16"]] * 2 + [
-            ["| SmolLM2-135M-Instruct.Q4_1.Q4_0.gguf", "120 Q4_0, 1 Q8_0"]] * 2
+            ["| SmolLM2-135M-Instruct.Q4_1.F16.gguf", "211 F16"]] * 2 + [
+            ["| SmolLM2-135M-Instruct.Q4_1.Q4_0.gguf", "210 Q4_0, 1 Q8_0"]] * 2
     assert err == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SmolLM2-135M-Instruct.Q4_1.F16.gguf",
                                                            "SmolLM2-135M-Instruct.Q4_1.Q4_0.gguf"]

@@ -126,15 +126,5 @@ class QuantizedTensor:
         """The float matrix these blocks encode."""
         return dequantize(self.data, self.qtype, self.shape, dtype)
 
-    @classmethod
-    def stack(cls, parts: list["QuantizedTensor"]) -> "QuantizedTensor":
-        """The matrices' rows one after another (one type, one width): a fused projection's weight."""
-        first = parts[0]
-        if any(p.qtype != first.qtype or p.shape[1] != first.shape[1] for p in parts):
-            raise FastLMTypeError("stacked matrices need one type and one width, got "
-                                  + ", ".join(f"{p.qtype.name} {p.shape}" for p in parts))
-        data = np.concatenate([p.data for p in parts])
-        return cls(data, first.qtype, (data.shape[0], first.shape[1]))
-
     def __repr__(self) -> str:
         return f"QuantizedTensor({self.qtype.name}, shape={self.shape})"
