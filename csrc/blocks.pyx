@@ -1,8 +1,8 @@
 # Every transformer block of a forward pass in one compiled call.
 #
-# A decode step of a small model is many small kernels: SmolLM2-135M runs 30 blocks of 9 each per token. Called
-# one by one from Python, each pays for argument parsing, buffer acquisition and its own checks, about 3 us
-# apiece, 0.7 ms a token in all. Here the checks run once per pass, then the same kernels (the *_core.pxi
+# A decode step of a small model is many small kernels: SmolLM2-135M runs 30 blocks of 9 kernels per token.
+# Called one by one from Python, each pays for argument parsing, buffer acquisition and its own checks, about
+# 3 us apiece, 0.7 ms a token in all. Here the checks run once per pass, then the same kernels (the *_core.pxi
 # files, shared with the single-kernel modules) run back to back on raw pointers without the GIL: one Python
 # call per forward pass, whatever the number of layers.
 from cython.parallel cimport parallel, prange, threadid

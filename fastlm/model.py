@@ -188,7 +188,7 @@ class CausalLM:
         model._build(config, params, _check_dtype(dtype))
         return model
 
-    def _build(self, config: ModelConfig, params: dict[str, np.ndarray], dtype: np.dtype) -> None:
+    def _build(self, config: ModelConfig, params: dict[str, Matrix], dtype: np.dtype) -> None:
         self.config, self.dtype = config, dtype
         self.embedding = as_matrix(params["token_embd"], dtype)                             # (V, d)
         self.blocks = [TransformerBlock(config, params, i, dtype) for i in range(config.num_layers)]
