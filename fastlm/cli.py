@@ -139,11 +139,12 @@ def cmd_bench(args) -> int:
 
 
 def _format_file(path: Path, qtype: str) -> Path:
-    """``path`` re-encoded as ``qtype`` in the cache directory, written on first use."""
+    """``path`` re-encoded as ``qtype`` in the cache directory, written on first use (and again whenever the
+    source is newer)."""
     from .quantize import quantize_file
     from .weights.hub import default_cache_dir
     target = default_cache_dir() / f"{path.stem}.{qtype}.gguf"
-    if not target.is_file():
+    if not target.is_file() or target.stat().st_mtime < path.stat().st_mtime:
         target.parent.mkdir(parents=True, exist_ok=True)
         print(f"fastlm: writing {target}", file=sys.stderr)
         quantize_file(path, target, qtype)
