@@ -86,10 +86,10 @@ LIN_AVX2_INLINE void lin_small_f32_avx2_block(const float *x, const float *w, in
 }
 
 /* The drivers of a register-block kernel FN##_block(x, w, k, out, ld_out, beta, R, J) whose weight rows are
- * STRIDE elements of type WT apart (STRIDE may use k), compiled for TARGET (the block's target string): FN##_rows runs all n activation rows against R weight rows,
- * 3 at a time, but 4 left go as 2 + 2, since 3 + 1 would end on a block of 4 accumulators, too few chains to keep
- * both FMA pipes busy; FN runs the weight rows 4 at a time, then the rest with a constant R, so that every case
- * is fully unrolled. */
+ * STRIDE elements of type WT apart (STRIDE may use k), compiled for TARGET (the block's target string).
+ * FN##_rows runs all n activation rows against R weight rows, 3 at a time, but 4 left go as 2 + 2, since 3 + 1
+ * would end on a block of 4 accumulators, too few chains to keep both FMA pipes busy; FN runs the weight rows 4
+ * at a time, then the rest with a constant R, so that every case is fully unrolled. */
 #define LIN_AVX2_DRIVERS(FN, WT, STRIDE, TARGET)                                                                 \
 static inline __attribute__((always_inline, target(TARGET)))                                                     \
 void FN##_rows(const float *x, int n, int k, const WT *w, float *out, int ld_out, float beta, const int R)       \

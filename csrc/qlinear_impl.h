@@ -189,18 +189,23 @@ QL_AVX2_INLINE void ql_block_q_avx2(const int QT, const uint8_t *w, size_t row_b
                 w0[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
                 w1[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
             } else {
-                const __m256i t = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + (QT == BLK_Q4_0 ? 2 : 4))));
+                const __m128i nibbles = _mm_loadu_si128((const __m128i *)(blk + (QT == BLK_Q4_0 ? 2 : 4)));
+                const __m256i t = _mm256_cvtepu8_epi16(nibbles);
                 w0[i] = _mm256_and_si256(t, m4);
                 w1[i] = _mm256_srli_epi16(t, 4);
                 if (QT == BLK_Q4_1) hm[i] = blk_u16(blk + 2);
             }
         }
-        const __m128 dw4 = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3], 0, 0, 0, 0));
+        const __m128 dw4 = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3],
+                                                       0, 0, 0, 0));
         const __m256 dw8 = _mm256_set_m128(dw4, dw4);
-        const __m128 cw4 = QT == BLK_Q4_1 ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2], (short)hm[3], 0, 0, 0, 0)) : dw4;
+        const __m128 cw4 = QT == BLK_Q4_1 ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2],
+                                                                        (short)hm[3], 0, 0, 0, 0))
+                                          : dw4;
         for (int j = 0; j < J; j++) {
             const int16_t *a = xq + (size_t)j * k + (size_t)b * 32;
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)a), a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)a);
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
             __m256i p[4];
             for (int i = 0; i < 4; i++)
                 p[i] = i < R ? _mm256_add_epi32(_mm256_madd_epi16(w0[i], a0), _mm256_madd_epi16(w1[i], a1))
@@ -286,7 +291,8 @@ QL_AVX2_INLINE void ql_small_f16_avx2_block(const float *x, const uint8_t *w, in
         _mm_storeu_ps(v, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
         float *o = out + (size_t)j * ld_out;
         for (int i = 0; i < R; i++) {
-            for (size_t d = k8; d < (size_t)k; d++) v[i] += _cvtsh_ss(blk_u16(w + i * rb + 2 * d)) * x[(size_t)j * k + d];
+            for (size_t d = k8; d < (size_t)k; d++)
+                v[i] += _cvtsh_ss(blk_u16(w + i * rb + 2 * d)) * x[(size_t)j * k + d];
             o[i] = beta != 0.0f ? v[i] + beta * o[i] : v[i];
         }
     }
@@ -299,7 +305,8 @@ QL_AVX2 static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, 
 {
     if (qtype == BLK_F16) {
         int i = 0;
-        for (; i + 8 <= k; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+        for (; i + 8 <= k; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
         for (; i < k; i++) y[i] = _cvtsh_ss(blk_u16(src + 2 * i));
     } else if (qtype == BLK_Q8_0 || qtype == BLK_Q4_0 || qtype == BLK_Q4_1) {
         /* 32 integers per block, as two 16-byte halves (Q4: the low nibbles are elements 0-15, the high 16-31),

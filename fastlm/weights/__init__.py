@@ -2,7 +2,8 @@
 names, shapes and RoPE layout.
 
 Both loaders return ``(config, params, metadata)``; ``fastlm.CausalLM.from_params(config, params)`` builds the
-model. ``load_gguf(..., quantized=True)`` keeps block-format matrices as :class:`QuantizedTensor`s. Every problem with a file raises :class:`fastlm.errors.ModelFormatError`, naming the file.
+model; ``load_gguf(..., quantized=True)`` keeps block-format matrices as :class:`QuantizedTensor`s. Every
+problem with a file raises :class:`fastlm.errors.ModelFormatError`, naming the file.
 """
 from .gguf import GGUFFile, load_gguf
 from .hub import fetch_default_model

@@ -21,6 +21,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from ..reference import parameter_shapes
 from .quant import BLOCK_SIZES, KERNEL_TYPES, GGMLType, QuantizedTensor, dequantize
 
-__all__ = ["GGUFFile", "TensorInfo", "load_gguf", "ARCHITECTURES"]
+__all__ = ["GGUFFile", "GGUFValue", "ValueType", "TensorInfo", "load_gguf", "ARCHITECTURES"]
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -49,12 +50,60 @@ _GGML_TYPE_NAMES = ("F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1"
                     "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
                     "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16")
 
-# Value types: struct formats of the scalars; 8 is a string, 9 an array.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-            12: "<d"}
-_STRING, _ARRAY, _FLOAT32 = 8, 9, 6
+
+
+class ValueType(IntEnum):
+    """GGUF metadata value types, by their ids in the file."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+@dataclass(frozen=True)
+class GGUFValue:
+    """A metadata value with its GGUF type. For an ARRAY, ``value`` is a list and ``item_type`` the type of
+    its items; items of an array of arrays are GGUFValues (or, for the writer, lists it types itself)."""
+
+    type: ValueType
+    value: Any
+    item_type: ValueType | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "type", ValueType(self.type))
+        if self.type == ValueType.ARRAY:
+            if self.item_type is None:
+                raise FastLMValueError("an ARRAY GGUFValue needs an item_type")
+            object.__setattr__(self, "item_type", ValueType(self.item_type))
+        elif self.item_type is not None:
+            raise FastLMValueError(f"item_type is only for arrays, not {self.type.name}")
+
+    def plain(self) -> Any:
+        """The value as plain Python: a float32 scalar as the shortest decimal that rounds back to it."""
+        if self.type == ValueType.FLOAT32:
+            return float(str(np.float32(self.value)))
+        if self.type == ValueType.ARRAY and self.item_type == ValueType.ARRAY:
+            return [v.plain() for v in self.value]
+        return self.value
+
+
+# Little-endian struct formats of the scalar types.
+SCALAR_FORMATS = {ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
+                  ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<?",
+                  ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d"}
 # The fewest bytes one item of each type can take: bounds a claimed count before reading any item.
-_MIN_ITEM_BYTES = {**{t: struct.calcsize(f) for t, f in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
+_MIN_ITEM_BYTES = {**{t: struct.calcsize(f) for t, f in SCALAR_FORMATS.items()}, ValueType.STRING: 8,
+                   ValueType.ARRAY: 12}
 _MIN_KV_BYTES = 8 + 4 + 1            # empty key, type, a one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # empty name, n_dims, one dim, type, offset
 
@@ -88,7 +137,8 @@ class GGUFFile:
 
     ``metadata`` holds every key-value pair as plain Python values (str, int, float, bool and lists of
     them; strings that are not valid UTF-8 keep their bytes as surrogate escapes; float32 scalars are the
-    shortest decimal that rounds to the same float32, e.g. 1e-05). ``tensors`` maps names to
+    shortest decimal that rounds to the same float32, e.g. 1e-05); ``typed_metadata`` holds them as
+    :class:`GGUFValue`\ s with their exact GGUF types, which a copy of the file keeps. ``tensors`` maps names to
     :class:`TensorInfo`. :meth:`tensor` decodes one tensor.
     """
 
@@ -120,13 +170,12 @@ class GGUFFile:
         start = self._take(n, f"{what} ({n} bytes)")
         return self._map[start:start + n].decode("utf-8", "surrogateescape")
 
-    def _value(self, vtype: int, what: str, depth: int = 0) -> Any:
-        if vtype in _SCALARS:
-            value = self._scalar(_SCALARS[vtype], what)
-            return float(str(np.float32(value))) if vtype == _FLOAT32 else value
-        if vtype == _STRING:
-            return self._string(what)
-        if vtype != _ARRAY:
+    def _value(self, vtype: int, what: str, depth: int = 0) -> GGUFValue:
+        if vtype in SCALAR_FORMATS:
+            return GGUFValue(vtype, self._scalar(SCALAR_FORMATS[vtype], what))
+        if vtype == ValueType.STRING:
+            return GGUFValue(vtype, self._string(what))
+        if vtype != ValueType.ARRAY:
             self._fail(f"{what} has unknown value type {vtype}")
         if depth == MAX_ARRAY_NESTING:
             self._fail(f"{what} nests arrays deeper than {MAX_ARRAY_NESTING} levels")
@@ -137,13 +186,15 @@ class GGUFFile:
         if count * _MIN_ITEM_BYTES[item_type] > len(self._map) - self._pos:
             self._fail(f"truncated or corrupt array: {what} claims {count} items, more than the "
                        f"{len(self._map) - self._pos} bytes left in the file can hold")
-        if item_type in _SCALARS:
-            dtype = np.dtype(_SCALARS[item_type])
+        if item_type in SCALAR_FORMATS:
+            dtype = np.dtype(SCALAR_FORMATS[item_type])
             start = self._take(count * dtype.itemsize, what)
-            return np.frombuffer(self._map, dtype, count, start).tolist() if count else []
-        if item_type == _STRING:
-            return self._strings(count, what)
-        return [self._value(item_type, f"{what}[{i}]", depth + 1) for i in range(count)]
+            items = np.frombuffer(self._map, dtype, count, start).tolist() if count else []
+        elif item_type == ValueType.STRING:
+            items = self._strings(count, what)
+        else:
+            items = [self._value(item_type, f"{what}[{i}]", depth + 1) for i in range(count)]
+        return GGUFValue(vtype, items, item_type)
 
     def _strings(self, count: int, what: str) -> list[str]:
         """``count`` strings: :meth:`_string` unrolled, as vocabularies hold ~10^5 of them."""
@@ -177,13 +228,14 @@ class GGUFFile:
             self._fail(f"truncated or corrupt header: it claims {tensor_count} tensors and {kv_count} key-value "
                        f"pairs, more than the remaining {left} bytes of the file can hold")
 
-        self.metadata: dict[str, Any] = {}
+        self.typed_metadata: dict[str, GGUFValue] = {}
         for i in range(kv_count):
             key = self._string(f"key #{i}")
-            if key in self.metadata:
+            if key in self.typed_metadata:
                 self._fail(f"duplicate metadata key {key!r}")
             vtype = self._scalar("<I", f"the type of {key!r}")
-            self.metadata[key] = self._value(vtype, repr(key))
+            self.typed_metadata[key] = self._value(vtype, repr(key))
+        self.metadata: dict[str, Any] = {key: value.plain() for key, value in self.typed_metadata.items()}
 
         self.alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if (isinstance(self.alignment, bool) or not isinstance(self.alignment, int) or self.alignment < 1
@@ -325,8 +377,8 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
     ``params`` uses fastlm's names (GGUF's without ``.weight``) and shapes (:func:`fastlm.reference.
     parameter_shapes`), decoded to ``dtype``; F32 tensors loaded as float32 are read-only views of the
     memory-mapped file. With ``quantized``, matrices of the types fastlm computes on (:data:`KERNEL_TYPES`)
-    stay as stored, :class:`QuantizedTensor` views of the map. Q/K rows stay as stored: llama.cpp's converter already laid them out for
-    interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value pair of the file (see
+    stay as stored, :class:`QuantizedTensor` views of the map. Q/K rows stay as stored: llama.cpp's converter
+    already laid them out for interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value pair of the file (see
     :class:`GGUFFile`), tokenizer keys included. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
     """
     dtype = np.dtype(dtype)

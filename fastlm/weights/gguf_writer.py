@@ -23,14 +23,13 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
-from .gguf import DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, GGUFFile
+from .gguf import DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, SCALAR_FORMATS, GGUFFile, GGUFValue, ValueType
 from .quant import GGMLType, tensor_nbytes
 
 __all__ = ["ValueType", "GGUFValue", "TensorSpec", "infer_value", "read_metadata", "write_gguf"]
@@ -38,52 +37,12 @@ __all__ = ["ValueType", "GGUFValue", "TensorSpec", "infer_value", "read_metadata
 VERSION = 3
 
 
-class ValueType(IntEnum):
-    """GGUF metadata value types, by their ids in the file."""
-
-    UINT8 = 0
-    INT8 = 1
-    UINT16 = 2
-    INT16 = 3
-    UINT32 = 4
-    INT32 = 5
-    FLOAT32 = 6
-    BOOL = 7
-    STRING = 8
-    ARRAY = 9
-    UINT64 = 10
-    INT64 = 11
-    FLOAT64 = 12
-
-
-# Little-endian struct formats of the scalar types, and the range of each integer type.
-_FORMATS = {ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
-            ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<?",
-            ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d"}
+# The range of each integer type.
 _INT_RANGES = {t: (0, 2 ** (8 * struct.calcsize(f)) - 1) if f[1].isupper()
                else (-2 ** (8 * struct.calcsize(f) - 1), 2 ** (8 * struct.calcsize(f) - 1) - 1)
-               for t, f in _FORMATS.items() if f[1] in "BbHhIiQq"}
+               for t, f in SCALAR_FORMATS.items() if f[1] in "BbHhIiQq"}
 _FLOATS = (ValueType.FLOAT32, ValueType.FLOAT64)
 _MAX_NESTING = 4
-
-
-@dataclass(frozen=True)
-class GGUFValue:
-    """A metadata value with its GGUF type. For an ARRAY, ``value`` is a list and ``item_type`` the type of
-    its items; items of an array of arrays are GGUFValues (or lists, typed by :func:`infer_value`)."""
-
-    type: ValueType
-    value: Any
-    item_type: ValueType | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "type", ValueType(self.type))
-        if self.type == ValueType.ARRAY:
-            if self.item_type is None:
-                raise FastLMValueError("an ARRAY GGUFValue needs an item_type")
-            object.__setattr__(self, "item_type", ValueType(self.item_type))
-        elif self.item_type is not None:
-            raise FastLMValueError(f"item_type is only for arrays, not {self.type.name}")
 
 
 MetadataValue = Union[GGUFValue, bool, int, float, str, list]
@@ -141,7 +100,8 @@ def _scalar(vtype: ValueType, value: Any, what: str) -> bytes:
     if vtype in _FLOATS:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise FastLMTypeError(f"{what} is {vtype.name} but its value is {type(value).__name__} {value!r}")
-        return struct.pack(_FORMATS[vtype], float(np.float32(value)) if vtype == ValueType.FLOAT32 else float(value))
+        exact = float(np.float32(value)) if vtype == ValueType.FLOAT32 else float(value)
+        return struct.pack(SCALAR_FORMATS[vtype], exact)
     if isinstance(value, (bool, np.bool_)):
         raise FastLMTypeError(f"{what} is {vtype.name} but its value is the bool {value!r}")
     try:
@@ -151,7 +111,7 @@ def _scalar(vtype: ValueType, value: Any, what: str) -> bytes:
     lo, hi = _INT_RANGES[vtype]
     if not lo <= value <= hi:
         raise FastLMValueError(f"{what} = {value} is outside the range of {vtype.name} [{lo}, {hi}]")
-    return struct.pack(_FORMATS[vtype], value)
+    return struct.pack(SCALAR_FORMATS[vtype], value)
 
 
 def _encode(value: GGUFValue, what: str, depth: int = 0) -> bytes:
@@ -188,7 +148,7 @@ def _encode(value: GGUFValue, what: str, depth: int = 0) -> bytes:
         lo, hi = _INT_RANGES[item_type]
         if not (lo <= min(items) and max(items) <= hi):
             raise FastLMValueError(f"{what}: items outside the range of {item_type.name} [{lo}, {hi}]")
-        return head + np.array(items, dtype=np.dtype(_FORMATS[item_type])).tobytes()
+        return head + np.array(items, dtype=np.dtype(SCALAR_FORMATS[item_type])).tobytes()
     return head + b"".join(_scalar(item_type, v, f"{what}[{i}]") for i, v in enumerate(items))
 
 
@@ -320,49 +280,7 @@ def write_gguf(path, metadata: Mapping[str, MetadataValue], tensors: Iterable[Te
 # ----------------------------------------------------------------------------------------------------- read
 
 def read_metadata(path) -> dict[str, GGUFValue]:
-    """Every metadata key of the GGUF file ``path`` with its exact type, in file order: what
-    :class:`~fastlm.weights.GGUFFile`'s ``metadata`` holds as plain values, as :class:`GGUFValue`\\ s (float32
-    values are the exact float32, so writing them back reproduces the bits). The file is first checked by
-    GGUFFile; any problem raises :class:`~fastlm.errors.ModelFormatError`."""
-    checked = GGUFFile(path)          # bounds-checks the whole header before we walk it again
-    m = checked._map
-    pos = 24
-    out: dict[str, GGUFValue] = {}
-
-    def take(fmt: str):
-        nonlocal pos
-        value = struct.unpack_from(fmt, m, pos)[0]
-        pos += struct.calcsize(fmt)
-        return value
-
-    def string() -> str:
-        nonlocal pos
-        n = take("<Q")
-        s = m[pos:pos + n].decode("utf-8", "surrogateescape")
-        pos += n
-        return s
-
-    def value(vtype: ValueType) -> GGUFValue:
-        nonlocal pos
-        if vtype == ValueType.STRING:
-            return GGUFValue(vtype, string())
-        if vtype != ValueType.ARRAY:
-            return GGUFValue(vtype, take(_FORMATS[vtype]))
-        item_type, count = ValueType(take("<I")), take("<Q")
-        if item_type == ValueType.STRING:
-            items = [string() for _ in range(count)]
-        elif item_type == ValueType.ARRAY:
-            items = [value(ValueType.ARRAY) for _ in range(count)]
-        else:
-            dtype = np.dtype(_FORMATS[item_type])
-            items = np.frombuffer(m, dtype, count, pos).tolist() if count else []
-            pos += count * dtype.itemsize
-        return GGUFValue(vtype, items, item_type)
-
-    try:
-        for _ in range(len(checked.metadata)):
-            key = string()
-            out[key] = value(ValueType(take("<I")))
-    except (struct.error, ValueError) as e:          # cannot happen after GGUFFile's checks; stay safe anyway
-        raise ModelFormatError(f"{path}: cannot read metadata: {e}") from None
-    return out
+    """Every metadata key of the GGUF file ``path`` with its exact type, in file order (float32 values are the
+    exact float32, so writing them back reproduces the bits). Any problem with the file raises
+    :class:`~fastlm.errors.ModelFormatError`."""
+    return dict(GGUFFile(path).typed_metadata)
