@@ -59,7 +59,7 @@ cdef enum:
     M_INT = 0       # int16 activations, integer block dots
     M_F16 = 1       # AVX2 F16 kernel
     M_DEC = 2       # decode 4 rows, float kernel
-    M_PANEL = 3     # decode PANEL_ROWS rows, sgemm
+    M_PANEL = 3     # decode a panel of rows, sgemm
 
 
 cdef inline Py_ssize_t _align(Py_ssize_t b) noexcept nogil:
@@ -72,21 +72,18 @@ cdef inline Py_ssize_t _buf_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
 
 
 cdef inline Py_ssize_t _act_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """The quantized activations of a call over x (n, k): int16 q, float d and s per block of 32."""
-    if n >= _act_below or k % 32:
-        return 0
+    """The rounded activations of x (n, k): int16 q (2 bytes a value), float d and s per block of 32."""
     return _align(n * k * 2) + 2 * _align(n * (k // 32) * 4)
 
 
 cdef Py_ssize_t qlinear_scratch_size(Py_ssize_t n, Py_ssize_t k, int threads) noexcept nogil:
     """Bytes of scratch that serve every call over x (n', k') with n' <= n, k' <= k on up to ``threads``
     threads: 64 bytes of alignment slack, the threads' float buffers (a panel holds at most PANEL_BYTES, or
-    16 rows), the quantized activations of the most rows that take the integer path (int16 q: 2 bytes a
-    value; float d and s per block of 32)."""
-    cdef Py_ssize_t buf = _buf_bytes(n, k), m = min(n, _act_below - 1)
+    16 rows), the rounded activations of the most rows that take the integer path."""
+    cdef Py_ssize_t buf = _buf_bytes(n, k)
     if n >= _panel_min_any:
         buf = max(buf, _align(max(PANEL_BYTES, 16 * k * 4)))
-    return 64 + threads * buf + _align(m * k * 2) + 2 * _align(m * (k // 32) * 4)
+    return 64 + threads * buf + _act_bytes(min(n, _act_below - 1), k)
 
 
 cdef int check_qtype(int qtype, Py_ssize_t k) except -1:

@@ -28,7 +28,7 @@ import numpy as np
 from . import _quantize
 from .errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .weights.gguf import GGUFFile
-from .weights.gguf_writer import GGUFValue, TensorSpec, ValueType, read_metadata, write_gguf
+from .weights.gguf_writer import GGUFValue, TensorSpec, ValueType, write_gguf
 from .weights.quant import BLOCK_SIZES, GGMLType, tensor_nbytes
 
 __all__ = ["QUANT_TYPES", "FILE_TYPES", "quantize", "quantize_file", "QuantizeSummary"]
@@ -133,7 +133,7 @@ def quantize_file(src, dst, qtype, progress: Callable[[int, int, str, str, str],
     for info in gguf.tensors.values():
         if info.nbytes is None:
             gguf._fail(info.unsupported())
-    metadata = read_metadata(src)
+    metadata = dict(gguf.typed_metadata)
     metadata["general.file_type"] = GGUFValue(ValueType.UINT32, FILE_TYPES[qtype.name])
 
     summary = QuantizeSummary(src, dst, qtype.name, len(gguf.tensors), bytes_in=src.stat().st_size)

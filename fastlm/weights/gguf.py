@@ -51,7 +51,6 @@ _GGML_TYPE_NAMES = ("F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1"
                     "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16")
 
 
-
 class ValueType(IntEnum):
     """GGUF metadata value types, by their ids in the file."""
 
@@ -138,8 +137,8 @@ class GGUFFile:
     ``metadata`` holds every key-value pair as plain Python values (str, int, float, bool and lists of
     them; strings that are not valid UTF-8 keep their bytes as surrogate escapes; float32 scalars are the
     shortest decimal that rounds to the same float32, e.g. 1e-05); ``typed_metadata`` holds them as
-    :class:`GGUFValue`\ s with their exact GGUF types, which a copy of the file keeps. ``tensors`` maps names to
-    :class:`TensorInfo`. :meth:`tensor` decodes one tensor.
+    :class:`GGUFValue` objects with their exact GGUF types, which a copy of the file keeps. ``tensors`` maps
+    names to :class:`TensorInfo`. :meth:`tensor` decodes one tensor.
     """
 
     def __init__(self, path):
@@ -378,8 +377,8 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
     parameter_shapes`), decoded to ``dtype``; F32 tensors loaded as float32 are read-only views of the
     memory-mapped file. With ``quantized``, matrices of the types fastlm computes on (:data:`KERNEL_TYPES`)
     stay as stored, :class:`QuantizedTensor` views of the map. Q/K rows stay as stored: llama.cpp's converter
-    already laid them out for interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value pair of the file (see
-    :class:`GGUFFile`), tokenizer keys included. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
+    already laid them out for interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value
+    pair of the file (see :class:`GGUFFile`), tokenizer keys included. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):

@@ -28,7 +28,7 @@ from math import prod
 
 import numpy as np
 
-from .. import _quant
+from .. import _qlinear, _quant
 from ..errors import FastLMTypeError, ModelFormatError
 
 __all__ = ["GGMLType", "BLOCK_SIZES", "KERNEL_TYPES", "QuantizedTensor", "tensor_nbytes", "dequantize"]
@@ -95,8 +95,8 @@ def dequantize(raw: np.ndarray, qtype, shape: tuple[int, ...], dtype=np.float32)
     return out
 
 
-# Types that fastlm multiplies by in place (fastlm._qlinear), so matrices of these types stay as stored.
-KERNEL_TYPES = (GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K)
+# Types that fastlm multiplies by in place: the block kernels' own table, so the two cannot disagree.
+KERNEL_TYPES = tuple(GGMLType(t) for t in _qlinear.QL_BLOCKS)
 
 
 class QuantizedTensor:
@@ -117,10 +117,6 @@ class QuantizedTensor:
                                    f"got {getattr(data, 'size', data)!r}")
         self.data = np.ascontiguousarray(data).reshape(shape[0], row_bytes)
         self.qtype, self.shape = qtype, shape
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.nbytes
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """The float matrix these blocks encode."""
