@@ -137,6 +137,12 @@ def test_quantize_and_perplexity_mistakes(capsys, smollm2_gguf_path, tmp_path, m
     assert err.startswith("fastlm: error: ") and err.count("\n") == 1 and message in err
 
 
+def test_bench_rejects_an_unknown_type(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--types", "F16,Q5_K"])
+    assert exit_info.value.code == 2 and "unknown type(s) 'Q5_K'" in capsys.readouterr().err
+
+
 def test_quantize_rejects_an_unknown_type(capsys, smollm2_gguf_path, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", str(smollm2_gguf_path), str(tmp_path / "o.gguf"), "--type", "Q5_K"])

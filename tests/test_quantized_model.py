@@ -222,3 +222,26 @@ def test_real_weights_stay_mapped(real_formats):
     assert m.output is m.embedding
     assert all(isinstance(w, QuantizedTensor) and not w.data.flags.owndata for w in m._matrices())
 
+
+
+# -------------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("data, qtype, shape, error, message", [
+    (np.zeros(18 * 4, np.uint8), "Q4_0", (4, 32, 1), fastlm.errors.FastLMTypeError, "is a matrix"),
+    (np.zeros(18 * 3, np.uint8), "Q4_0", (4, 32), fastlm.errors.ModelFormatError, "takes 72 bytes"),
+    (np.zeros(18 * 4, np.float32), "Q4_0", (4, 32), fastlm.errors.ModelFormatError, "takes 72 bytes"),
+    (np.zeros(18 * 4, np.uint8), "Q4_0", (4, 48), fastlm.errors.ModelFormatError, "whole 32-element blocks"),
+    (np.zeros(18 * 4, np.uint8), "Q5_K", (4, 32), fastlm.errors.ModelFormatError, "unsupported tensor type"),
+])
+def test_quantized_tensor_rejects_inconsistent_blocks(data, qtype, shape, error, message):
+    with pytest.raises(error, match=message):
+        QuantizedTensor(data, qtype, shape)
+
+
+def test_gguf_matrices_as_stored_reject_what_is_not_one(smollm2_gguf_path):
+    gguf_file = fastlm.weights.GGUFFile(smollm2_gguf_path)
+    assert gguf_file.quantized("blk.0.ffn_up.weight").qtype == GGMLType.Q4_1
+    with pytest.raises(fastlm.errors.ModelFormatError, match="no tensor 'missing.weight'"):
+        gguf_file.quantized("missing.weight")
+    with pytest.raises(fastlm.errors.ModelFormatError, match="is not a matrix"):
+        gguf_file.quantized("output_norm.weight")
