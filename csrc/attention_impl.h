@@ -23,6 +23,14 @@
 #define ATTN_ROWS 6          /* query rows per register block: 6 rows x 16 columns = 12 accumulators; the
                                 switches below cover the 1..5 leftover rows */
 
+/* How many of a tile's nk keys row r sees: the tile's first row sees diag of them, and each query position
+ * (g rows) one more; causal, so never fewer than 0 nor more than nk. */
+static inline int attn_row_keys(int diag, int r, int g, int nk)
+{
+    const int n = diag + r / g;
+    return n < 0 ? 0 : (n > nk ? nk : n);
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
@@ -153,8 +161,7 @@ ATTN_AVX2 static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int 
 {
     for (int r = 0; r < m; r++) {
         float *row = s + (size_t)r * ATTN_TK;
-        int n = diag + r / g;
-        n = n < 0 ? 0 : (n > nk ? nk : n);
+        const int n = attn_row_keys(diag, r, g, nk);
         if (n == 0) {                                     /* every key of this tile lies in the row's future */
             memset(row, 0, (size_t)nk * sizeof(float));
             continue;

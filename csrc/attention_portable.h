@@ -69,8 +69,7 @@ ATTN_TARGET static void ATTN_FN(attn_softmax)(ATTN_T *s, int m, int nk, int g, i
 {
     for (int r = 0; r < m; r++) {
         ATTN_T *row = s + (size_t)r * ATTN_TK;
-        int n = diag + r / g;
-        n = n < 0 ? 0 : (n > nk ? nk : n);
+        const int n = attn_row_keys(diag, r, g, nk);
         if (n == 0) {                                     /* every key of this tile lies in the row's future */
             memset(row, 0, (size_t)nk * sizeof(ATTN_T));
             continue;

@@ -27,6 +27,15 @@ def stream(tokenizer, ids, **kwargs) -> list[str]:
     return [decoder.push(i) for i in ids] + [decoder.flush()]
 
 
+def assert_round_trip_and_stream(tokenizer, text):
+    """Decoding the ids gives the text back, and so does streaming them, never with a broken character."""
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    chunks = stream(tokenizer, ids)
+    assert "".join(chunks) == text
+    assert not any("\ufffd" in c for c in chunks)
+
+
 @pytest.mark.parametrize("case", GOLDEN["tokenizer"], ids=lambda c: repr(c["text"])[:24])
 def test_golden_encode_decode(smollm2_tokenizer, case):
     assert smollm2_tokenizer.encode(case["text"]) == case["ids"]
@@ -61,11 +70,7 @@ def test_smollm2_special_tokens(smollm2_tokenizer):
 
 @pytest.mark.parametrize("text", EXTRA_TEXTS)
 def test_smollm2_round_trip_and_stream(smollm2_tokenizer, text):
-    ids = smollm2_tokenizer.encode(text)
-    assert smollm2_tokenizer.decode(ids) == text
-    chunks = stream(smollm2_tokenizer, ids)
-    assert "".join(chunks) == text
-    assert not any("\ufffd" in c for c in chunks)
+    assert_round_trip_and_stream(smollm2_tokenizer, text)
 
 
 def test_smollm2_stream_holds_back_split_characters(smollm2_tokenizer):
@@ -298,11 +303,7 @@ def test_sentencepiece_encode(tiny_spm):
 
 @pytest.mark.parametrize("text", ["hello world", "  hello  world ", "hé wörld 🙂", "\n", "日本", "hello\tworld\n"])
 def test_sentencepiece_round_trip_and_stream(tiny_spm, text):
-    ids = tiny_spm.encode(text)
-    assert tiny_spm.decode(ids) == text
-    chunks = stream(tiny_spm, ids)
-    assert "".join(chunks) == text
-    assert not any("\ufffd" in c for c in chunks)
+    assert_round_trip_and_stream(tiny_spm, text)
 
 
 def test_sentencepiece_stream_keeps_spaces_between_pieces(tiny_spm):
