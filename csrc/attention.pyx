@@ -14,7 +14,7 @@
 # baseline CPU and for AVX2/FMA. The AVX2 versions run when the CPU has them, unless set_simd(False).
 from cython.parallel cimport parallel, prange, threadid
 from openmp cimport omp_get_max_threads
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, tanh, tanhf
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
@@ -102,7 +102,7 @@ def _check_array(name, a, ndim, dtype=None):
         raise FastLMValueError(f"{name} must be C-contiguous (strides {a.strides} for shape {a.shape})")
 
 
-def attention(q, k_cache, v_cache, start_pos, out, double scale, *, scratch=None):
+def attention(q, k_cache, v_cache, start_pos, out, double scale, *, window=0, softcap=0.0, scratch=None):
     """Causal grouped-query attention over a KV cache, written into ``out``.
 
     q (B, L, h, dk): queries at absolute positions start_pos[b] + i, RoPE applied. k_cache, v_cache
@@ -110,7 +110,8 @@ def attention(q, k_cache, v_cache, start_pos, out, double scale, *, scratch=None
     start_pos[b] + L - 1 must be filled. start_pos (B,) int64. out (B, L, h, dk) is overwritten; it may be
     q itself. Query head j reads KV head j // (h // hkv); the query at position P sees keys 0..P. q, the
     caches and out share one dtype, float32 or float64, and are C-contiguous. ``scale`` multiplies the
-    scores (1 / sqrt(dk)).
+    scores (1 / sqrt(dk)). ``window`` W > 0 (sliding-window layers): the query at P sees keys P - W + 1..P
+    only, and keys further back are never read. ``softcap`` c > 0: scores become c * tanh(scores / c).
 
     ``scratch``: working memory, a writeable 1-D C-contiguous array of q's dtype with at least
     ``scratch_size(B, L, h, hkv, dk, T, num_threads())`` elements, overlapping no other argument; its
@@ -146,12 +147,16 @@ def attention(q, k_cache, v_cache, start_pos, out, double scale, *, scratch=None
         raise FastLMValueError("out must be q itself or not overlap it")
     if not math.isfinite(scale):
         raise FastLMValueError(f"scale must be finite, got {scale}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 0:
+        raise FastLMValueError(f"window must be an integer >= 0 (0: none), got {window!r}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise FastLMValueError(f"softcap must be finite and >= 0 (0: off), got {softcap!r}")
     if scratch is not None:
         _check_scratch(scratch, q, k_cache, v_cache, out)
     if q.dtype == np.float32:
-        _attention[float](q, k_cache, v_cache, start_pos, out, scale, scratch)
+        _attention[float](q, k_cache, v_cache, start_pos, out, scale, window, softcap, scratch)
     else:
-        _attention[double](q, k_cache, v_cache, start_pos, out, scale, scratch)
+        _attention[double](q, k_cache, v_cache, start_pos, out, scale, window, softcap, scratch)
 
 
 cdef int _check_scratch(scratch, q, k_cache, v_cache, out) except -1:
@@ -172,7 +177,8 @@ cdef int _check_scratch(scratch, q, k_cache, v_cache, out) except -1:
 
 cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1] k_cache,
                     const floating[:, :, :, ::1] v_cache, const int64_t[::1] start_pos,
-                    floating[:, :, :, ::1] out, double scale, floating[::1] scratch) except -1:
+                    floating[:, :, :, ::1] out, double scale, int64_t window, double softcap,
+                    floating[::1] scratch) except -1:
     """The kernel behind attention(), which has validated every argument but the range of start_pos."""
     global _allocations
     cdef int B = q.shape[0], L = q.shape[1], h = q.shape[2], dk = q.shape[3]
@@ -194,5 +200,5 @@ cdef int _attention(const floating[:, :, :, ::1] q, const floating[:, :, :, ::1]
         _allocations += 1
     with nogil:
         attention_run(&q[0, 0, 0, 0], &k_cache[0, 0, 0, 0], &v_cache[0, 0, 0, 0], &start_pos[0],
-                      &out[0, 0, 0, 0], B, L, h, hkv, dk, T, hi, scale, &scratch[0], _simd)
+                      &out[0, 0, 0, 0], B, L, h, hkv, dk, T, hi, scale, window, softcap, &scratch[0], _simd)
     return 0

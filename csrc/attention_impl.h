@@ -156,17 +156,18 @@ ATTN_AVX2 static void attn_scores_f32_avx2(const float *qs, int m, int dk, const
 /* Online softmax for one tile. Row r (query position r / g of the tile) sees the first
  * clamp(diag + r / g, 0, nk) keys; the rest are masked (causal). Turns s into P = exp2(s - new max),
  * zero where masked, and rescales l and the o row by exp2(old max - new max). */
-ATTN_AVX2 static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int diag, float *mx, float *l,
-                                            float *o, int dk)
+ATTN_AVX2 static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int diag, int lo_diag, float *mx,
+                                            float *l, float *o, int dk)
 {
     for (int r = 0; r < m; r++) {
         float *row = s + (size_t)r * ATTN_TK;
-        const int n = attn_row_keys(diag, r, g, nk);
-        if (n == 0) {                                     /* every key of this tile lies in the row's future */
+        const int n = attn_row_keys(diag, r, g, nk), lo = attn_row_keys(lo_diag, r, g, nk);
+        if (lo >= n) {                         /* every key of this tile lies in the row's future or past window */
             memset(row, 0, (size_t)nk * sizeof(float));
             continue;
         }
         const int n8 = (n + 7) & ~7;                      /* <= ATTN_TK: whole vectors stay inside the row */
+        for (int c = 0; c < lo; c++) row[c] = -INFINITY;
         for (int c = n; c < n8; c++) row[c] = -INFINITY;
         __m256 vmax = _mm256_set1_ps(-INFINITY);
         for (int c = 0; c < n8; c += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + c));
@@ -253,8 +254,8 @@ ATTN_AVX2 static void attn_pv_f32_avx2(const float *s, int m, int nk, const floa
 static int attn_cpu_has_avx2_fma(void) { return 0; }
 static void attn_pack_kt_f32_avx2(const float *k, int nk, int dk, float *kt) {}
 static void attn_scores_f32_avx2(const float *qs, int m, int dk, const float *kt, int nk, float *s) {}
-static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int diag, float *mx, float *l, float *o,
-                                  int dk) {}
+static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int diag, int lo_diag, float *mx, float *l,
+                                  float *o, int dk) {}
 static void attn_pv_f32_avx2(const float *s, int m, int nk, const float *v, int dk, float *o) {}
 
 #endif

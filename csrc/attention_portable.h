@@ -64,21 +64,22 @@ ATTN_TARGET static void ATTN_FN(attn_scores)(const ATTN_T *qs, int m, int dk, co
 }
 
 /* Online softmax for one tile; see attn_softmax_f32_avx2. */
-ATTN_TARGET static void ATTN_FN(attn_softmax)(ATTN_T *s, int m, int nk, int g, int diag, ATTN_T *mx,
-                                              ATTN_T *l, ATTN_T *o, int dk)
+ATTN_TARGET static void ATTN_FN(attn_softmax)(ATTN_T *s, int m, int nk, int g, int diag, int lo_diag,
+                                              ATTN_T *mx, ATTN_T *l, ATTN_T *o, int dk)
 {
     for (int r = 0; r < m; r++) {
         ATTN_T *row = s + (size_t)r * ATTN_TK;
-        const int n = attn_row_keys(diag, r, g, nk);
-        if (n == 0) {                                     /* every key of this tile lies in the row's future */
+        const int n = attn_row_keys(diag, r, g, nk), lo = attn_row_keys(lo_diag, r, g, nk);
+        if (lo >= n) {                         /* every key of this tile lies in the row's future or past window */
             memset(row, 0, (size_t)nk * sizeof(ATTN_T));
             continue;
         }
-        ATTN_T tile_max = row[0];
-        for (int c = 1; c < n; c++) tile_max = row[c] > tile_max ? row[c] : tile_max;
+        for (int c = 0; c < lo; c++) row[c] = 0;
+        ATTN_T tile_max = row[lo];
+        for (int c = lo + 1; c < n; c++) tile_max = row[c] > tile_max ? row[c] : tile_max;
         const ATTN_T m_new = mx[r] > tile_max ? mx[r] : tile_max;
         ATTN_T total = 0;
-        for (int c = 0; c < n; c++) {
+        for (int c = lo; c < n; c++) {
             row[c] = ATTN_EXP2(row[c] - m_new);
             total += row[c];
         }

@@ -6,7 +6,7 @@
 # files, shared with the single-kernel modules) run back to back on raw pointers without the GIL: one Python
 # call per forward pass, whatever the number of layers.
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport INFINITY, exp, expf, sqrt
+from libc.math cimport INFINITY, exp, expf, sqrt, tanh, tanhf
 from libc.stdint cimport int8_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -44,11 +44,20 @@ cdef struct Projection:
 cdef struct Layer:
     const void* attn_norm
     const void* ffn_norm
+    const void* post_attn_norm     # NULL: no norm of the attention output before its residual add
+    const void* post_ffn_norm      # NULL: likewise for the FFN output
+    RopeSpec rope                  # bias, q/k norms and RoPE tables of the Q/K/V split
+    int64_t window                 # 0: full causal attention; W: sliding window of W positions
     Projection qkv, wo, gate_up, down
 
 
-cdef const void* _address(a, dtype):
-    """The data of a C-contiguous array of ``dtype`` (raises otherwise)."""
+cdef const void* _address(a, dtype, shape=None):
+    """The data of a C-contiguous array of ``dtype`` (and ``shape``, if given; raises otherwise); None is
+    NULL, a component the model does not have."""
+    if a is None:
+        return NULL
+    if shape is not None and np.shape(a) != shape:
+        raise ValueError(f"a vector has shape {np.shape(a)}, expected {shape}")
     if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
         raise TypeError(f"expected a C-contiguous {np.dtype(dtype)} array, got "
                         f"{getattr(a, 'dtype', type(a).__name__)}")
@@ -85,48 +94,59 @@ cdef Projection _projection(w, dtype, Py_ssize_t rows, Py_ssize_t cols) except *
 
 cdef class Blocks:
     """A model's transformer blocks as the pointers that :func:`run` reads: built once per model, it holds
-    references to every array it points into. ``blocks`` are :class:`fastlm.model.TransformerBlock`s."""
+    references to every array it points into. ``blocks`` are :class:`fastlm.model.TransformerBlock`s;
+    the rest are the model's component choices (see :class:`fastlm.config.ModelConfig`)."""
 
     cdef Layer* layers
     cdef readonly int num_layers, d_model, num_heads, num_kv_heads, head_dim, d_ff, max_in
-    cdef readonly bint quantized
-    cdef double eps, scale
+    cdef readonly bint quantized, gelu
+    cdef double eps, scale, softcap
     cdef object dtype
-    cdef const void* cos
-    cdef const void* sin
     cdef Py_ssize_t rope_len
     cdef list _keep
 
-    def __cinit__(self, blocks, cos, sin, int num_heads, int num_kv_heads):
-        self.dtype = cos.dtype
-        if self.dtype not in (np.float32, np.float64) or sin.dtype != self.dtype or cos.shape != sin.shape:
-            raise TypeError("cos and sin must be float32 or float64 tables of one shape")
-        self.num_layers, self.num_heads, self.num_kv_heads = len(blocks), num_heads, num_kv_heads
-        self.head_dim = 2 * cos.shape[1]
-        self.rope_len = cos.shape[0]
-        self.cos, self.sin = _address(cos, self.dtype), _address(sin, self.dtype)
-        self._keep = [cos, sin]
-        self.layers = <Layer*>malloc(max(1, self.num_layers) * sizeof(Layer))
+    def __cinit__(self, blocks, int num_heads, int num_kv_heads, int head_dim, int rope_dim, bint neox,
+                  bint gelu, double scale, double softcap):
+        if not blocks:
+            raise ValueError("a model has at least one block")
+        self.dtype = blocks[0].rope_cos.dtype
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError("RoPE tables must be float32 or float64")
+        if rope_dim < 2 or rope_dim % 2 or rope_dim > head_dim:
+            raise ValueError(f"rope_dim {rope_dim} must be even, in [2, head_dim = {head_dim}]")
+        self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim = len(blocks), num_heads, num_kv_heads, head_dim
+        self.gelu, self.scale, self.softcap = gelu, scale, softcap
+        self.rope_len = blocks[0].rope_cos.shape[0]
+        self._keep = []
+        self.layers = <Layer*>malloc(self.num_layers * sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
         self.d_model, self.d_ff = blocks[0].w_down.shape
-        cdef Py_ssize_t d = self.d_model, ff = self.d_ff, q = num_heads * self.head_dim
-        cdef Py_ssize_t kv = num_kv_heads * self.head_dim
+        cdef Py_ssize_t d = self.d_model, ff = self.d_ff, q = num_heads * head_dim
+        cdef Py_ssize_t kv = num_kv_heads * head_dim
         cdef Layer* layer
         cdef int i
+        tables = (self.rope_len, rope_dim // 2)
         for i, block in enumerate(blocks):
             layer = &self.layers[i]
-            for norm in (block.attn_norm.weight, block.ffn_norm.weight):
-                if norm.shape != (d,):
-                    raise ValueError(f"a norm weight has shape {norm.shape}, expected ({d},)")
-            layer.attn_norm = _address(block.attn_norm.weight, self.dtype)
-            layer.ffn_norm = _address(block.ffn_norm.weight, self.dtype)
+            layer.attn_norm = _address(block.attn_norm.weight, self.dtype, (d,))
+            layer.ffn_norm = _address(block.ffn_norm.weight, self.dtype, (d,))
+            layer.post_attn_norm = _address(getattr(block.post_attn_norm, "weight", None), self.dtype, (d,))
+            layer.post_ffn_norm = _address(getattr(block.post_ffn_norm, "weight", None), self.dtype, (d,))
+            layer.rope.bias = _address(block.qkv_bias, self.dtype, (q + 2 * kv,))
+            layer.rope.q_norm = _address(block.q_norm, self.dtype, (head_dim,))
+            layer.rope.k_norm = _address(block.k_norm, self.dtype, (head_dim,))
+            layer.rope.eps = block.attn_norm.eps
+            layer.rope.cos = _address(block.rope_cos, self.dtype, tables)
+            layer.rope.sin = _address(block.rope_sin, self.dtype, tables)
+            layer.rope.rope_dim, layer.rope.neox = rope_dim, neox
+            layer.window = block.window
             layer.qkv = _projection(block.w_qkv, self.dtype, q + 2 * kv, d)
             layer.wo = _projection(block.wo, self.dtype, d, q)
             layer.gate_up = _projection(block.w_gate_up, self.dtype, 2 * ff, d)
             layer.down = _projection(block.w_down, self.dtype, d, ff)
             self._keep.append(block)
-            self.eps, self.scale = block.attn_norm.eps, block.scale
+            self.eps = block.attn_norm.eps
         self.max_in = max(d, ff, q)
         self.quantized = any(isinstance(w, QuantizedTensor) for b in blocks for w in b.matrices())
 
@@ -197,14 +217,24 @@ cdef class Blocks:
             kc, vc = k_cache + i * k_layer, v_cache + i * v_layer
             rmsnorm_run(x, <const floating*>layer.attn_norm, self.eps, xn, n, self.d_model)
             _project(xn, &layer.qkv, qkv, n, 0, simd, qscratch)
-            rope_qkv_run(qkv, <const floating*>self.cos, <const floating*>self.sin, start_pos, q, kc, vc,
-                         B, L, h, hkv, dk, T)
-            attention_run(q, kc, vc, start_pos, attn, B, L, h, hkv, dk, T, hi, self.scale, attn_scratch, simd)
-            _project(attn, &layer.wo, x, n, 1, simd, qscratch)       # the residual add rides the projection
+            rope_qkv_run(qkv, &layer.rope, start_pos, q, kc, vc, B, L, h, hkv, dk, T)
+            attention_run(q, kc, vc, start_pos, attn, B, L, h, hkv, dk, T, hi, self.scale, layer.window,
+                          self.softcap, attn_scratch, simd)
+            self._residual(attn, &layer.wo, <const floating*>layer.post_attn_norm, x, xn, n, simd, qscratch)
             rmsnorm_run(x, <const floating*>layer.ffn_norm, self.eps, xn, n, self.d_model)
             _project(xn, &layer.gate_up, gate_up, n, 0, simd, qscratch)
-            swiglu_run(gate_up, act, n, self.d_ff)
-            _project(act, &layer.down, x, n, 1, simd, qscratch)
+            gated_run(gate_up, act, n, self.d_ff, self.gelu)
+            self._residual(act, &layer.down, <const floating*>layer.post_ffn_norm, x, xn, n, simd, qscratch)
+
+    cdef void _residual(self, const floating* inp, const Projection* w, const floating* post_norm,
+                               floating* x, floating* tmp, int n, bint simd, uint8_t* qscratch) noexcept nogil:
+        """x += w(inp), or with a post-norm x += norm(w(inp)) through tmp (n, d_model)."""
+        if post_norm == NULL:
+            _project(inp, w, x, n, 1, simd, qscratch)      # the residual add rides the projection
+        else:
+            _project(inp, w, tmp, n, 0, simd, qscratch)
+            rmsnorm_run(tmp, post_norm, self.eps, tmp, n, self.d_model)
+            add_run(x, tmp, n, self.d_model)
 
 
 cdef tuple _dims(Py_ssize_t* shape, int ndim):

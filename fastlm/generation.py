@@ -8,71 +8,16 @@ or None (fresh entropy).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from .config import ModelConfig
 from .errors import FastLMTypeError, FastLMValueError
-from .validation import check_int, check_token_ids, make_rng
+from .validation import check_eos, check_int, check_token_ids, row_uniforms
 
 if TYPE_CHECKING:
     from .model import CausalLM
-
-
-def row_uniforms(seed, rows: int, steps: int) -> np.ndarray:
-    """(rows, steps) uniforms in [0, 1): row b's come from its own generator (see the module docstring)."""
-    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * rows
-    if len(seeds) != rows:
-        raise FastLMValueError(f"seed holds {len(seeds)} seeds for {rows} rows")
-    out = np.empty((rows, steps))
-    for b, s in enumerate(seeds):
-        out[b] = make_rng(s).random(steps)
-    return out
-
-
-def check_eos(eos_token_id, vocab_size: int) -> frozenset[int]:
-    """None, one id or several ids, each in [0, V)."""
-    if eos_token_id is None:
-        return frozenset()
-    ids = [eos_token_id] if np.ndim(eos_token_id) == 0 else list(eos_token_id)
-    for i in ids:
-        check_int("eos_token_id", i, 0)
-        if i >= vocab_size:
-            raise FastLMValueError(f"eos_token_id {i} is outside the vocabulary [0, {vocab_size})")
-    return frozenset(int(i) for i in ids)
-
-
-def naive_generate(forward: Callable[[np.ndarray], np.ndarray], sampler, config: ModelConfig,
-                   prompt_tokens, max_new_tokens: int, *, eos_token_id: int | None = None,
-                   seed=None) -> np.ndarray:
-    """Generate by re-running ``forward`` over the whole sequence for every new token (no KV cache).
-
-    Only the last position's logits are sampled, by ``sampler(logits, uniforms)``. Generation stops after
-    ``max_new_tokens``, when the sequence reaches ``config.max_seq_len``, or once every row has produced
-    ``eos_token_id``; a row that has finished is padded with it. Returns the (B, L + n) int64 sequences,
-    prompt included.
-    """
-    tokens = check_token_ids(prompt_tokens, config.vocab_size, config.max_seq_len)
-    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
-    eos = check_eos(eos_token_id, config.vocab_size)
-    if len(eos) > 1:
-        raise FastLMValueError("the naive loop pads finished rows with its eos id: give one eos_token_id")
-    uniforms = row_uniforms(seed, tokens.shape[0], max_new_tokens)
-    finished = np.zeros(tokens.shape[0], dtype=bool)
-    for step in range(max_new_tokens):
-        if tokens.shape[1] >= config.max_seq_len:
-            break
-        last_logits = forward(tokens)[:, -1, :]                  # (B, V): the only position we need
-        next_tokens = sampler(last_logits, uniforms[:, step]).tokens
-        if eos:
-            (eos_id,) = eos
-            next_tokens = np.where(finished, eos_id, next_tokens)
-            finished |= next_tokens == eos_id
-        tokens = np.concatenate([tokens, next_tokens[:, np.newaxis]], axis=1)
-        if finished.all():
-            break
-    return tokens
 
 
 # ------------------------------------------------------------------------------------------------ engine

@@ -1,5 +1,6 @@
-"""CausalLM, the fast path: the reference model's mathematics in float32 (or float64 on request), with the
-hot loops in compiled kernels and the dense projections in BLAS."""
+"""CausalLM, the fast path: the textbook model's mathematics (every family's component choices, see
+:mod:`fastlm.config`) in float32 (or float64 on request), with the hot loops in compiled kernels and the
+dense projections in BLAS."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,12 +9,11 @@ from typing import Iterator
 import numpy as np
 
 from . import _attention, _blocks, _gather, _layers, _linear, _qlinear, _quant
-from .config import ModelConfig
+from .config import ModelConfig, init_parameters, parameter_shapes
 from .errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .kvcache import KVCache
 from .generation import Generation, TokenEvent, generate_steps
 from .sampling import Sampler
-from .reference import init_parameters, parameter_shapes
 from .validation import check_int, check_token_ids
 from .weights.quant import QuantizedTensor
 
@@ -41,8 +41,8 @@ def _check_dtype(dtype) -> np.dtype:
 class RMSNorm:
     """y = x / sqrt(mean(x^2) + eps) * weight over the last axis, by the compiled kernel."""
 
-    def __init__(self, weight: np.ndarray, eps: float):
-        self.weight = weight                                   # (d,)
+    def __init__(self, weight: np.ndarray, eps: float, dtype=None):
+        self.weight = np.ascontiguousarray(weight, dtype=dtype)   # (d,)
         self.eps = float(eps)
 
     def forward(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -132,21 +132,35 @@ def fused(parts: list[Matrix], dtype: np.dtype) -> np.ndarray | tuple[QuantizedT
 
 
 class TransformerBlock:
-    """The weights of one pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h)), run by the
-    compiled forward pass (``fastlm._blocks``). Each is a float array or, as loaded, a :class:`QuantizedTensor`
-    (a file may mix types, e.g. a Q6_K attn_v among Q4_K matrices); Q/K/V and gate/up are fused projections
-    (see :func:`fused`)."""
+    """The weights of one decoder block, run by the compiled forward pass (``fastlm._blocks``):
+    h = x + post(attn(norm(x))); out = h + post(ffn(norm(h))), the post norms only where the family has them.
 
-    def __init__(self, config: ModelConfig, params: dict[str, Matrix], index: int, dtype: np.dtype):
-        p = lambda name: params[f"blk.{index}.{name}"]  # noqa: E731
+    Each matrix is a float array or, as loaded, a :class:`QuantizedTensor` (a file may mix types, e.g. a Q6_K
+    attn_v among Q4_K matrices); Q/K/V and gate/up are fused projections (see :func:`fused`). Norm scales
+    are stored with the config's ``norm_offset`` folded in; ``rope_cos`` / ``rope_sin`` are this layer's
+    (max_seq_len, rope_dim / 2) tables (local layers have their own base).
+    """
+
+    def __init__(self, config: ModelConfig, params: dict[str, Matrix], index: int, dtype: np.dtype,
+                 tables: tuple[np.ndarray, np.ndarray]):
         c = config
-        self.attn_norm = RMSNorm(np.asarray(p("attn_norm"), dtype=dtype), c.norm_eps)
+        p = lambda name: params[f"blk.{index}.{name}"]  # noqa: E731
+        norm = lambda name: RMSNorm(np.asarray(p(name), dtype=np.float64) + c.norm_offset, c.norm_eps,  # noqa: E731
+                                    dtype)
+        vector = lambda name: np.ascontiguousarray(p(name), dtype=dtype)  # noqa: E731
+        self.attn_norm, self.ffn_norm = norm("attn_norm"), norm("ffn_norm")
         self.w_qkv = fused([p("attn_q"), p("attn_k"), p("attn_v")], dtype)                  # (q_dim + 2 kv_dim, d)
+        self.qkv_bias = (np.concatenate([vector("attn_q.bias"), vector("attn_k.bias"), vector("attn_v.bias")])
+                         if c.qkv_bias else None)                                           # (q_dim + 2 kv_dim,)
+        self.q_norm = norm("attn_q_norm").weight if c.qk_norm else None                     # (head_dim,)
+        self.k_norm = norm("attn_k_norm").weight if c.qk_norm else None
         self.wo = as_matrix(p("attn_output"), dtype)                                       # (d, q_dim)
-        self.ffn_norm = RMSNorm(np.asarray(p("ffn_norm"), dtype=dtype), c.norm_eps)
+        self.post_attn_norm = norm("post_attention_norm") if c.post_norms else None
         self.w_gate_up = fused([p("ffn_gate"), p("ffn_up")], dtype)                        # (2 d_ff, d)
         self.w_down = as_matrix(p("ffn_down"), dtype)                                      # (d, d_ff)
-        self.scale = 1.0 / np.sqrt(c.head_dim)
+        self.post_ffn_norm = norm("post_ffw_norm") if c.post_norms else None
+        self.rope_cos, self.rope_sin = tables
+        self.window = c.window(index)
 
     def matrices(self) -> list[Matrix]:
         """Every weight matrix, fused parts one by one."""
@@ -165,22 +179,23 @@ class CausalLM:
 
     def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int,
                  d_ff: int, max_seq_len: int = 2048, tie_weights: bool = False, rope_theta: float = 10000.0,
-                 norm_eps: float = 1e-6, seed=None, dtype=np.float32):
+                 norm_eps: float = 1e-6, seed=None, dtype=np.float32, **choices):
         config = ModelConfig(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff, max_seq_len,
-                             tie_weights, rope_theta, norm_eps)
+                             tie_weights, rope_theta, norm_eps, **choices)
         self._build(config, init_parameters(config, seed), _check_dtype(dtype))
 
     @classmethod
     def from_config(cls, config: ModelConfig, seed=None, dtype=np.float32) -> "CausalLM":
-        return cls(config.vocab_size, config.d_model, config.num_layers, config.num_heads,
-                   config.num_kv_heads, config.d_ff, config.max_seq_len, config.tie_weights,
-                   config.rope_theta, config.norm_eps, seed=seed, dtype=dtype)
+        """Random weights for ``config``: the same draws as :class:`fastlm.reference.CausalLM`'s."""
+        model = cls.__new__(cls)
+        model._build(config, init_parameters(config, seed), _check_dtype(dtype))
+        return model
 
     @classmethod
     def from_params(cls, config: ModelConfig, params: dict[str, Matrix], dtype=np.float32) -> "CausalLM":
-        """A model holding the given weights: GGUF tensor names (``token_embd``, ``blk.{i}.attn_q``, ...,
-        ``output_norm``, ``output`` unless tied), linear weights (out, in), Q/K rows in the interleaved-pair
-        RoPE layout (see :mod:`fastlm.reference`). Shapes are checked against ``config``. Matrices given as
+        """A model holding the given weights: names and shapes of :func:`fastlm.config.parameter_shapes`
+        (GGUF tensor names without ``.weight``), linear weights (out, in), Q/K rows laid out for the config's
+        ``rope_style``. Shapes are checked against ``config``. Matrices given as
         :class:`~fastlm.weights.QuantizedTensor` stay in block form in a float32 model: the projections and the
         embedding lookup compute on the blocks (activations in float32)."""
         check_params(config, params)
@@ -190,19 +205,33 @@ class CausalLM:
 
     def _build(self, config: ModelConfig, params: dict[str, Matrix], dtype: np.dtype) -> None:
         self.config, self.dtype = config, dtype
+        c = config
         self.embedding = as_matrix(params["token_embd"], dtype)                             # (V, d)
-        self.blocks = [TransformerBlock(config, params, i, dtype) for i in range(config.num_layers)]
-        self.final_norm = RMSNorm(np.asarray(params["output_norm"], dtype=dtype), config.norm_eps)
+        self.embed_scale = dtype.type(np.sqrt(c.d_model)) if c.scale_embeddings else None
+        # RoPE tables (max_seq_len, rope_dim / 2) per kind of layer, computed once in float64 and rounded.
+        tables = {}
+        for i in range(c.num_layers):
+            key = i in c.local_layers
+            if key not in tables:
+                angles = np.arange(c.max_seq_len)[:, None] * c.rope_inv_freq(i)
+                tables[key] = (np.cos(angles).astype(dtype), np.sin(angles).astype(dtype))
+        self.blocks = [TransformerBlock(c, params, i, dtype, tables[i in c.local_layers])
+                       for i in range(c.num_layers)]
+        self.final_norm = RMSNorm(np.asarray(params["output_norm"], np.float64) + c.norm_offset, c.norm_eps,
+                                  dtype)
         # The output projection (V, d); tied, it is the embedding table itself, blocks included.
-        self.output = self.embedding if config.tie_weights else as_matrix(params["output"], dtype)
+        self.output = self.embedding if c.tie_weights else as_matrix(params["output"], dtype)
         self.quantized = any(isinstance(w, QuantizedTensor) for w in self._matrices())
-        # RoPE tables (max_seq_len, head_dim / 2), computed once in float64 and rounded to the model dtype.
-        dk = config.head_dim
-        inv_freq = config.rope_theta ** (-np.arange(0, dk, 2) / dk)
-        angles = np.arange(config.max_seq_len)[:, None] * inv_freq
-        self.rope_cos, self.rope_sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
-        self._compiled = _blocks.Blocks(self.blocks, self.rope_cos, self.rope_sin, config.num_heads,
-                                        config.num_kv_heads)
+        self._compiled = _blocks.Blocks(self.blocks, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_dim,
+                                        c.rope_style == "neox", c.activation == "gelu_tanh", c.scores_scale,
+                                        c.attn_softcap)
+
+    @property
+    def W_out(self) -> np.ndarray:
+        """The textbook's (d_model, V) output projection: ``logits = x @ W_out``; tied, a view of the
+        embedding (blocks are decoded to float first)."""
+        w = self.output.dequantize(self.dtype) if isinstance(self.output, QuantizedTensor) else self.output
+        return w.T
 
     def _matrices(self) -> Iterator[Matrix]:
         yield self.embedding
@@ -310,6 +339,8 @@ class CausalLM:
             _quant.gather_rows(self.embedding.data, self.embedding.qtype, ids, ws.x.reshape(B, L, -1))
         else:
             _gather.embedding_gather(self.embedding, ids, ws.x.reshape(B, L, -1))
+        if self.embed_scale is not None:
+            np.multiply(ws.x, self.embed_scale, out=ws.x)
         self._compiled.run(ws.x, *ws.layer_buffers, k, v, start_pos, ws.attn_scratch, ws.qscratch)
 
     def _project(self, hidden: np.ndarray, out: np.ndarray, ws: SimpleNamespace) -> None:
@@ -319,6 +350,11 @@ class CausalLM:
             _qlinear.linear(hidden, self.output.data, self.output.qtype, out, 0.0, ws.qscratch)
         else:
             _linear.linear(hidden, self.output, out)
+        cap = self.config.final_softcap
+        if cap:                                    # cap * tanh(logits / cap), in place
+            np.multiply(out, out.dtype.type(1 / cap), out=out)
+            np.tanh(out, out=out)
+            np.multiply(out, out.dtype.type(cap), out=out)
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, eos_token_id=None, seed=None, *,

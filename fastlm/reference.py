@@ -1,108 +1,87 @@
-"""The textbook model: a decoder-only Llama-style language model in plain NumPy float64.
+"""The textbook model: a decoder-only language model in plain NumPy float64, every family's block alike.
 
 This module is the ground truth that every fast kernel in fastlm is tested against. It favours clarity over
 speed: every layer is written out as its formula, the attention matrix is materialised, and generation
-re-runs the whole sequence at every step.
+re-runs the whole sequence at every step. It depends on NumPy, :mod:`fastlm.config` and plain validation
+only, never on the compiled kernels or the engine.
 
-Conventions shared with the fast path:
+One block serves Llama, Mistral, Qwen, Phi and Gemma; the :class:`~fastlm.config.ModelConfig` switches say
+which components it uses (see that module). Conventions shared with the fast path:
 
 * Linear weights are stored ``(out_features, in_features)``, as in GGUF files and ``torch.nn.Linear``; a
-  projection is ``x @ W.T``.
-* RoPE rotates *interleaved pairs* ``(x[2i], x[2i+1])`` of each head by ``pos * theta**(-2i / head_dim)``
-  (the llama2.c / GGUF convention). Hugging Face checkpoints use the rotate-half layout; their loader
-  permutes the Q and K rows so both give identical results.
+  projection is ``x @ W.T`` (+ bias).
+* RoPE rotates the first ``rope_dim`` values of each head, as interleaved pairs ``(x[2i], x[2i+1])``
+  (llama-arch GGUF files, whose converter permuted the Q/K rows for it; the Hugging Face loader does the
+  same permutation) or rotate-half pairs ``(x[i], x[i + rope_dim/2])`` ("neox": Qwen, Phi, Gemma).
 * Query head ``j`` attends with key/value head ``j // (num_heads // num_kv_heads)`` (grouped-query attention).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from .config import ModelConfig
-from .generation import naive_generate
-from .sampling import SampleResult
-from .validation import (SamplerSettings, check_history, check_logits, check_min_p, check_penalties,
-                         check_temperature, check_token_ids, check_top_k, check_top_p, make_rng)
 from .accounting import count_model_parameters, generation_flops, generation_flops_with_cache
+from .config import ModelConfig, init_parameters, parameter_shapes
+from .validation import (SampleResult, SamplerSettings, check_eos, check_history, check_int, check_logits,
+                         check_min_p, check_penalties, check_temperature, check_token_ids, check_top_k,
+                         check_top_p, make_rng, row_uniforms)
 
 __all__ = [
-    "RMSNorm", "apply_rope", "GroupedQueryAttention", "SwiGLU", "TransformerBlock", "CausalLM",
-    "ModelConfig", "create_causal_mask", "softmax", "temperature_scale", "top_k_filter", "top_p_filter",
-    "sample_token", "sample_from_uniforms", "min_p_filter", "apply_penalties", "log_softmax", "Sampler",
-    "init_parameters", "count_model_parameters", "generation_flops",
-    "generation_flops_with_cache",
+    "RMSNorm", "apply_rope", "GroupedQueryAttention", "GatedFFN", "TransformerBlock", "CausalLM",
+    "ModelConfig", "create_causal_mask", "softmax", "silu", "gelu_tanh", "softcap", "temperature_scale",
+    "top_k_filter", "top_p_filter", "sample_token", "sample_from_uniforms", "min_p_filter", "apply_penalties",
+    "log_softmax", "Sampler", "naive_generate", "init_parameters", "parameter_shapes",
+    "count_model_parameters", "generation_flops", "generation_flops_with_cache",
 ]
-
-
-# --------------------------------------------------------------------------------------------- parameters
-
-def _xavier(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Xavier-normal draw: std = sqrt(2 / (fan_in + fan_out))."""
-    return rng.normal(0.0, np.sqrt(2.0 / (shape[0] + shape[1])), size=shape)
-
-
-def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every weight of ``config``, in GGUF names; linear weights are (out, in)."""
-    c = config
-    q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    shapes = {"token_embd": (c.vocab_size, c.d_model)}
-    for i in range(c.num_layers):
-        shapes.update({
-            f"blk.{i}.attn_norm": (c.d_model,), f"blk.{i}.attn_q": (q_dim, c.d_model),
-            f"blk.{i}.attn_k": (kv_dim, c.d_model), f"blk.{i}.attn_v": (kv_dim, c.d_model),
-            f"blk.{i}.attn_output": (c.d_model, q_dim), f"blk.{i}.ffn_norm": (c.d_model,),
-            f"blk.{i}.ffn_gate": (c.d_ff, c.d_model), f"blk.{i}.ffn_up": (c.d_ff, c.d_model),
-            f"blk.{i}.ffn_down": (c.d_model, c.d_ff),
-        })
-    shapes["output_norm"] = (c.d_model,)
-    if not c.tie_weights:
-        shapes["output"] = (c.vocab_size, c.d_model)
-    return shapes
-
-
-def init_parameters(config: ModelConfig, seed=None) -> dict[str, np.ndarray]:
-    """Random float64 weights for ``config``, drawn in one fixed order from ``numpy.random.default_rng(seed)``.
-
-    Both the reference and the fast model take their weights from here, so one seed gives both the same
-    model. Keys follow GGUF tensor names; norms start at one.
-    """
-    rng = make_rng(seed)
-    # Matrices are drawn in the order parameter_shapes lists them; norms start at one and draw nothing.
-    return {name: np.ones(shape) if len(shape) == 1 else _xavier(rng, shape)
-            for name, shape in parameter_shapes(config).items()}
 
 
 # ------------------------------------------------------------------------------------------------- layers
 
 class RMSNorm:
-    """y = x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
+    """y = x / sqrt(mean(x^2) + eps) * (offset + weight), over the last axis (Gemma's weights: offset 1)."""
 
-    def __init__(self, d_model: int, eps: float = 1e-6, weight: np.ndarray | None = None):
+    def __init__(self, d_model: int, eps: float = 1e-6, weight: np.ndarray | None = None, offset: float = 0.0):
         self.eps = eps
         self.weight = np.ones(d_model) if weight is None else np.asarray(weight, dtype=np.float64)
+        self.scale = offset + self.weight
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return x / rms * self.weight
+        return x / rms * self.scale
 
 
-def apply_rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """Rotate interleaved pairs of ``x`` (B, H, L, head_dim) by angle ``position * theta**(-2i/head_dim)``."""
+def apply_rope(x: np.ndarray, positions: np.ndarray, theta: float = 10000.0, *, inv_freq: np.ndarray | None = None,
+               style: str = "interleaved") -> np.ndarray:
+    """Rotate the heads of ``x`` (B, H, L, head_dim): pair i of position p turns by p * inv_freq[i].
+
+    ``inv_freq`` (r/2,) defaults to ``theta**(-2i/head_dim)``; only the first r values of a head rotate
+    (partial rotary), the rest pass through. ``style`` "interleaved" pairs (x[2i], x[2i+1]); "neox" pairs
+    (x[i], x[i + r/2]) (rotate-half).
+    """
     head_dim = x.shape[-1]
-    inv_freq = theta ** (-np.arange(0, head_dim, 2) / head_dim)        # (head_dim/2,)
-    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq  # (L, head_dim/2)
+    if inv_freq is None:
+        inv_freq = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    r = 2 * len(inv_freq)
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq  # (L, r/2)
     cos, sin = np.cos(angles), np.sin(angles)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = even * cos - odd * sin
-    out[..., 1::2] = even * sin + odd * cos
+    out = x.copy()
+    if style == "interleaved":
+        first, second = (slice(0, r, 2), slice(1, r, 2))
+    else:
+        first, second = (slice(0, r // 2), slice(r // 2, r))
+    a, b = x[..., first], x[..., second]
+    out[..., first] = a * cos - b * sin
+    out[..., second] = a * sin + b * cos
     return out
 
 
-def create_causal_mask(seq_len: int) -> np.ndarray:
-    """Additive causal mask (1, 1, L, L): 0 where key j <= query i, -inf above the diagonal."""
-    mask = np.zeros((seq_len, seq_len))
-    mask[np.triu_indices(seq_len, k=1)] = -np.inf
-    return mask[np.newaxis, np.newaxis]
+def create_causal_mask(seq_len: int, window: int = 0) -> np.ndarray:
+    """Additive mask (1, 1, L, L): 0 where query i may see key j, -inf elsewhere. Causal: j <= i; with a
+    sliding ``window`` W > 0 also i - j < W."""
+    i, j = np.arange(seq_len)[:, None], np.arange(seq_len)[None, :]
+    visible = (j <= i) & ((i - j < window) if window else True)
+    return np.where(visible, 0.0, -np.inf)[np.newaxis, np.newaxis]
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -112,15 +91,33 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / np.sum(shifted, axis=axis, keepdims=True)
 
 
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap): squashes x smoothly into (-cap, cap); cap 0 leaves x unchanged."""
+    return cap * np.tanh(x / cap) if cap else x
+
+
 class GroupedQueryAttention:
-    """Multi-head attention in which groups of query heads share one key/value head."""
+    """Multi-head attention in which groups of query heads share one key/value head.
+
+    q, k, v = x @ W.T (+ bias); optionally RMSNorm over each head of q and k; RoPE on q and k; scores
+    q . k * scale (soft-capped if asked) plus the mask; softmax; weighted values; output projection.
+    """
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, rope_theta: float,
-                 wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray):
+                 wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray, *, head_dim: int | None = None,
+                 biases: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 qk_norms: tuple[RMSNorm, RMSNorm] | None = None, inv_freq: np.ndarray | None = None,
+                 rope_style: str = "interleaved", scale: float | None = None, softcap: float = 0.0):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
-        self.head_dim = d_model // num_heads
-        self.rope_theta = rope_theta
+        self.head_dim = d_model // num_heads if head_dim is None else head_dim
         self.wq, self.wk, self.wv, self.wo = wq, wk, wv, wo  # (h*dk, d), (hkv*dk, d), (hkv*dk, d), (d, h*dk)
+        self.biases = biases if biases is not None else (0.0, 0.0, 0.0)
+        self.qk_norms = qk_norms
+        self.inv_freq = rope_theta ** (-np.arange(0, self.head_dim, 2) / self.head_dim) if inv_freq is None \
+            else inv_freq
+        self.rope_style = rope_style
+        self.scale = 1.0 / np.sqrt(self.head_dim) if scale is None else scale
+        self.softcap = softcap
 
     def _split_heads(self, x: np.ndarray, heads: int) -> np.ndarray:
         B, L, _ = x.shape
@@ -130,12 +127,17 @@ class GroupedQueryAttention:
                 positions: np.ndarray | None = None) -> np.ndarray:
         B, L, _ = x.shape
         positions = np.arange(L) if positions is None else positions
-        q = apply_rope(self._split_heads(x @ self.wq.T, self.num_heads), positions, self.rope_theta)
-        k = apply_rope(self._split_heads(x @ self.wk.T, self.num_kv_heads), positions, self.rope_theta)
-        v = self._split_heads(x @ self.wv.T, self.num_kv_heads)
+        bq, bk, bv = self.biases
+        q = self._split_heads(x @ self.wq.T + bq, self.num_heads)
+        k = self._split_heads(x @ self.wk.T + bk, self.num_kv_heads)
+        v = self._split_heads(x @ self.wv.T + bv, self.num_kv_heads)
+        if self.qk_norms is not None:
+            q, k = self.qk_norms[0].forward(q), self.qk_norms[1].forward(k)
+        q = apply_rope(q, positions, inv_freq=self.inv_freq, style=self.rope_style)
+        k = apply_rope(k, positions, inv_freq=self.inv_freq, style=self.rope_style)
         group = self.num_heads // self.num_kv_heads
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # head j reads kv head j // group
-        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(self.head_dim)     # (B, h, L, L)
+        scores = softcap(q @ k.transpose(0, 1, 3, 2) * self.scale, self.softcap)   # (B, h, L, L)
         if mask is not None:
             scores = scores + mask
         out = softmax(scores, axis=-1) @ v                                  # (B, h, L, dk)
@@ -146,50 +148,81 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-class SwiGLU:
-    """down(silu(gate(x)) * up(x))."""
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
-    def __init__(self, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray):
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+class GatedFFN:
+    """down(act(gate(x)) * up(x)): SwiGLU with silu, GeGLU with gelu_tanh."""
+
+    def __init__(self, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, activation: str = "silu"):
         self.w_gate, self.w_up, self.w_down = w_gate, w_up, w_down  # (d_ff, d), (d_ff, d), (d, d_ff)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return (silu(x @ self.w_gate.T) * (x @ self.w_up.T)) @ self.w_down.T
+        return (self.act(x @ self.w_gate.T) * (x @ self.w_up.T)) @ self.w_down.T
 
 
 class TransformerBlock:
-    """Pre-norm decoder block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+    """Pre-norm decoder block: h = x + post(attn(norm(x))); out = h + post(ffn(norm(h))), where the post
+    norms exist only with ``config.post_norms`` (Gemma 2/3)."""
 
     def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], index: int):
+        c = config
         p = lambda name: params[f"blk.{index}.{name}"]  # noqa: E731
-        self.attn_norm = RMSNorm(config.d_model, config.norm_eps, p("attn_norm"))
-        self.attention = GroupedQueryAttention(config.d_model, config.num_heads, config.num_kv_heads,
-                                               config.rope_theta, p("attn_q"), p("attn_k"), p("attn_v"),
-                                               p("attn_output"))
-        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, p("ffn_norm"))
-        self.ffn = SwiGLU(p("ffn_gate"), p("ffn_up"), p("ffn_down"))
+        norm = lambda name, d=c.d_model: RMSNorm(d, c.norm_eps, p(name), c.norm_offset)  # noqa: E731
+        self.window = c.window(index)
+        self.attn_norm, self.ffn_norm = norm("attn_norm"), norm("ffn_norm")
+        self.attention = GroupedQueryAttention(
+            c.d_model, c.num_heads, c.num_kv_heads, c.rope_theta, p("attn_q"), p("attn_k"), p("attn_v"),
+            p("attn_output"), head_dim=c.head_dim,
+            biases=(p("attn_q.bias"), p("attn_k.bias"), p("attn_v.bias")) if c.qkv_bias else None,
+            qk_norms=(norm("attn_q_norm", c.head_dim), norm("attn_k_norm", c.head_dim)) if c.qk_norm else None,
+            inv_freq=c.rope_inv_freq(index), rope_style=c.rope_style, scale=c.scores_scale,
+            softcap=c.attn_softcap)
+        self.ffn = GatedFFN(p("ffn_gate"), p("ffn_up"), p("ffn_down"), c.activation)
+        self.post_attn_norm = norm("post_attention_norm") if c.post_norms else None
+        self.post_ffn_norm = norm("post_ffw_norm") if c.post_norms else None
 
-    def forward(self, x: np.ndarray, mask: np.ndarray | None = None,
-                positions: np.ndarray | None = None) -> np.ndarray:
-        """``mask`` is added to the attention scores (None: no mask); ``positions`` default to 0..L-1."""
-        h = x + self.attention.forward(self.attn_norm.forward(x), mask, positions)
-        return h + self.ffn.forward(self.ffn_norm.forward(h))
+    def forward(self, x: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """x (B, L, d) at ``positions`` (default 0..L-1), under the causal mask of this layer's window."""
+        mask = create_causal_mask(x.shape[1], self.window)
+        a = self.attention.forward(self.attn_norm.forward(x), mask, positions)
+        h = x + (self.post_attn_norm.forward(a) if self.post_attn_norm else a)
+        f = self.ffn.forward(self.ffn_norm.forward(h))
+        return h + (self.post_ffn_norm.forward(f) if self.post_ffn_norm else f)
 
 
 # --------------------------------------------------------------------------------------------- the model
 
 class CausalLM:
-    """Token ids -> embedding -> N transformer blocks -> final RMSNorm -> logits, all in float64."""
+    """Token ids -> embedding (x sqrt(d_model) for Gemma) -> N transformer blocks -> final RMSNorm ->
+    logits (soft-capped for Gemma 2), all in float64."""
 
     def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int,
                  d_ff: int, max_seq_len: int = 2048, tie_weights: bool = False, rope_theta: float = 10000.0,
-                 norm_eps: float = 1e-6, seed=None):
+                 norm_eps: float = 1e-6, seed=None, **choices):
         config = ModelConfig(vocab_size, d_model, num_layers, num_heads, num_kv_heads, d_ff, max_seq_len,
-                             tie_weights, rope_theta, norm_eps)
+                             tie_weights, rope_theta, norm_eps, **choices)
         self._build(config, init_parameters(config, seed))
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, seed=None) -> "CausalLM":
+        model = cls.__new__(cls)
+        model._build(config, init_parameters(config, seed))
+        return model
 
     @classmethod
     def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray]) -> "CausalLM":
         """The textbook model holding given weights (names and shapes of :func:`parameter_shapes`)."""
+        for name, shape in parameter_shapes(config).items():
+            if name not in params or tuple(np.shape(params[name])) != shape:
+                raise ValueError(f"tensor {name!r}: expected shape {shape}, got "
+                                 f"{np.shape(params[name]) if name in params else 'nothing'}")
         model = cls.__new__(cls)
         model._build(config, {name: np.asarray(w, dtype=np.float64) for name, w in params.items()})
         return model
@@ -197,16 +230,11 @@ class CausalLM:
     def _build(self, config: ModelConfig, params: dict[str, np.ndarray]) -> None:
         self.config = config
         self.embedding = params["token_embd"]                                         # (V, d)
+        self.embed_scale = np.sqrt(config.d_model) if config.scale_embeddings else 1.0
         self.blocks = [TransformerBlock(config, params, i) for i in range(config.num_layers)]
-        self.final_norm = RMSNorm(config.d_model, config.norm_eps, params["output_norm"])
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps, params["output_norm"], config.norm_offset)
         # W_out is (d, V): logits = x @ W_out. Tied, it is a view of the embedding, not a copy.
         self.W_out = self.embedding.T if config.tie_weights else params["output"].T
-
-    @classmethod
-    def from_config(cls, config: ModelConfig, seed=None) -> "CausalLM":
-        return cls(config.vocab_size, config.d_model, config.num_layers, config.num_heads,
-                   config.num_kv_heads, config.d_ff, config.max_seq_len, config.tie_weights,
-                   config.rope_theta, config.norm_eps, seed=seed)
 
     @property
     def vocab_size(self) -> int:
@@ -219,23 +247,54 @@ class CausalLM:
     def forward(self, token_ids) -> np.ndarray:
         """Logits (B, L, V) for integer ids of shape (L,) or (B, L)."""
         ids = check_token_ids(token_ids, self.vocab_size, self.max_seq_len)
-        L = ids.shape[1]
-        x = self.embedding[ids]                                  # (B, L, d): a table lookup
-        mask, positions = create_causal_mask(L), np.arange(L)
+        x = self.embedding[ids] * self.embed_scale                # (B, L, d): a table lookup
+        positions = np.arange(ids.shape[1])
         for block in self.blocks:
-            x = block.forward(x, mask=mask, positions=positions)
-        return self.final_norm.forward(x) @ self.W_out          # (B, L, V)
+            x = block.forward(x, positions)
+        return softcap(self.final_norm.forward(x) @ self.W_out, self.config.final_softcap)   # (B, L, V)
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, greedy: bool = False, eos_token_id: int | None = None,
                  seed=None) -> np.ndarray:
-        """The naive loop: re-run the whole sequence for every new token. Returns (B, L + n) int64.
+        """The naive loop (:func:`naive_generate`): re-run the whole sequence for every new token.
 
         Row b samples with uniforms from its own generator (see :mod:`fastlm.generation`), as fastlm does.
         """
         sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
         return naive_generate(self.forward, sampler, self.config, prompt_tokens, max_new_tokens,
                               eos_token_id=eos_token_id, seed=seed)
+
+
+def naive_generate(forward: Callable[[np.ndarray], np.ndarray], sampler, config: ModelConfig,
+                   prompt_tokens, max_new_tokens: int, *, eos_token_id: int | None = None,
+                   seed=None) -> np.ndarray:
+    """Generate by re-running ``forward`` over the whole sequence for every new token (no KV cache).
+
+    Only the last position's logits are sampled, by ``sampler(logits, uniforms)``. Generation stops after
+    ``max_new_tokens``, when the sequence reaches ``config.max_seq_len``, or once every row has produced
+    ``eos_token_id``; a row that has finished is padded with it. Returns the (B, L + n) int64 sequences,
+    prompt included.
+    """
+    tokens = check_token_ids(prompt_tokens, config.vocab_size, config.max_seq_len)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
+    eos = check_eos(eos_token_id, config.vocab_size)
+    if len(eos) > 1:
+        raise FastLMValueError("the naive loop pads finished rows with its eos id: give one eos_token_id")
+    uniforms = row_uniforms(seed, tokens.shape[0], max_new_tokens)
+    finished = np.zeros(tokens.shape[0], dtype=bool)
+    for step in range(max_new_tokens):
+        if tokens.shape[1] >= config.max_seq_len:
+            break
+        last_logits = forward(tokens)[:, -1, :]                  # (B, V): the only position we need
+        next_tokens = sampler(last_logits, uniforms[:, step]).tokens
+        if eos:
+            (eos_id,) = eos
+            next_tokens = np.where(finished, eos_id, next_tokens)
+            finished |= next_tokens == eos_id
+        tokens = np.concatenate([tokens, next_tokens[:, np.newaxis]], axis=1)
+        if finished.all():
+            break
+    return tokens
 
 
 # ----------------------------------------------------------------------------------------------- sampling

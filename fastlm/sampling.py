@@ -9,13 +9,11 @@ dtypes are converted to float32 (float16) or float64 (wider) first.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _sampling
-from .validation import (SamplerSettings, check_history, check_logits, check_min_p, check_penalties,
-                         check_temperature, check_top_k, check_top_p, check_uniforms, make_rng)
+from .validation import (SampleResult, SamplerSettings, check_history, check_logits, check_min_p,
+                         check_penalties, check_temperature, check_top_k, check_top_p, check_uniforms, make_rng)
 
 
 def _kernel_dtype(dtype: np.dtype) -> np.dtype:
@@ -146,15 +144,6 @@ def sample_with_uniforms(logits: np.ndarray, uniforms, temperature: float = 1.0,
     rows = _rows(logits)
     tokens = _draw(rows, check_uniforms(uniforms, rows.shape[0]), temperature, top_k, top_p)
     return int(tokens[0]) if logits.ndim == 1 else tokens
-
-
-@dataclass
-class SampleResult:
-    """One sampling step over B rows."""
-    tokens: np.ndarray                       # (B,) int64: the tokens drawn
-    logprobs: np.ndarray | None = None       # (B,) float64: their log-probabilities under the raw logits
-    top_ids: np.ndarray | None = None        # (B, n) int64: each row's n most probable raw tokens, best first
-    top_logprobs: np.ndarray | None = None   # (B, n) float64: their log-probabilities
 
 
 class Sampler(SamplerSettings):

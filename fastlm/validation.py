@@ -286,3 +286,35 @@ def make_rng(rng) -> np.random.Generator:
             raise FastLMValueError(f"seed must be >= 0, got {rng}")
         return np.random.default_rng(rng)
     raise FastLMTypeError(f"rng must be a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}")
+
+
+@dataclass
+class SampleResult:
+    """One sampling step over B rows."""
+    tokens: np.ndarray                       # (B,) int64: the tokens drawn
+    logprobs: np.ndarray | None = None       # (B,) float64: their log-probabilities under the raw logits
+    top_ids: np.ndarray | None = None        # (B, n) int64: each row's n most probable raw tokens, best first
+    top_logprobs: np.ndarray | None = None   # (B, n) float64: their log-probabilities
+
+
+def row_uniforms(seed, rows: int, steps: int) -> np.ndarray:
+    """(rows, steps) uniforms in [0, 1): row b's come from its own generator (see the module docstring)."""
+    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * rows
+    if len(seeds) != rows:
+        raise FastLMValueError(f"seed holds {len(seeds)} seeds for {rows} rows")
+    out = np.empty((rows, steps))
+    for b, s in enumerate(seeds):
+        out[b] = make_rng(s).random(steps)
+    return out
+
+
+def check_eos(eos_token_id, vocab_size: int) -> frozenset[int]:
+    """None, one id or several ids, each in [0, V)."""
+    if eos_token_id is None:
+        return frozenset()
+    ids = [eos_token_id] if np.ndim(eos_token_id) == 0 else list(eos_token_id)
+    for i in ids:
+        check_int("eos_token_id", i, 0)
+        if i >= vocab_size:
+            raise FastLMValueError(f"eos_token_id {i} is outside the vocabulary [0, {vocab_size})")
+    return frozenset(int(i) for i in ids)
