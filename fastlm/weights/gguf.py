@@ -1,4 +1,4 @@
-"""GGUF files: a bounds-checked reader and the loader of Llama-family weights.
+"""GGUF files: a bounds-checked reader and the loader of every architecture fastlm runs.
 
 The format (versions 2 and 3, little-endian)::
 
@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import ModelConfig, parameter_shapes
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
-from ..reference import parameter_shapes
 from .quant import BLOCK_SIZES, KERNEL_TYPES, GGMLType, QuantizedTensor, dequantize
 
 __all__ = ["GGUFFile", "GGUFValue", "ValueType", "TensorInfo", "load_gguf", "ARCHITECTURES"]
@@ -41,9 +40,22 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 4       # arrays of arrays are legal; deeper nesting is only ever an attack or corruption
 
-# Architectures whose files hold fastlm's model under llama's tensor names and ``llama.*``-style keys.
-# (Mistral, TinyLlama, SmolLM and Llama 1-3 files all say "llama".)
-ARCHITECTURES = ("llama",)
+# What each general.architecture fixes that its keys do not say, as llama.cpp reads these files. RoPE:
+# llama's converter permuted Q/K rows for interleaved pairs (Mistral, TinyLlama, SmolLM and Llama 1-3 files all
+# say "llama"); the others rotate halves. "local": which layers the sliding window applies to, by index and
+# layer count. Keys that a file may also carry (biases, q/k norms) are read from its tensors.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama": dict(rope_style="interleaved"),
+    "qwen2": dict(rope_style="neox"),
+    "qwen3": dict(rope_style="neox"),
+    "phi3": dict(rope_style="neox"),
+    "gemma2": dict(rope_style="neox", activation="gelu_tanh", scale_embeddings=True, post_norms=True,
+                   local=lambda i: i % 2 == 0),
+    "gemma3": dict(rope_style="neox", activation="gelu_tanh", scale_embeddings=True, post_norms=True,
+                   local=lambda i: i % 6 != 5),
+}
+# Tensors that hold two or three of fastlm's matrices, rows one after another (Phi-3's fused projections).
+_FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_up": ("ffn_gate", "ffn_up")}
 
 # ggml type names, by id, for messages about types fastlm does not decode.
 _GGML_TYPE_NAMES = ("F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
@@ -320,20 +332,22 @@ _REQUIRED = object()
 
 
 def _config(gguf: GGUFFile) -> ModelConfig:
-    """The ModelConfig that a llama-architecture file describes; anything fastlm cannot run raises."""
+    """The ModelConfig that a file describes; anything fastlm cannot run raises, naming it."""
     meta = gguf.metadata
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         gguf._fail(f"unsupported architecture {arch!r} (general.architecture); fastlm runs "
                    f"{', '.join(ARCHITECTURES)}")
+    fixed = dict(ARCHITECTURES[arch])
+    local = fixed.pop("local", lambda i: True)
 
     def get(key: str, kind: type, default=_REQUIRED):
         full = f"{arch}.{key}"
         value = meta.get(full, default)
         if value is _REQUIRED:
-            gguf._fail(f"missing metadata key {full!r}")
+            gguf._fail(f"missing metadata key {full!r} (required for {arch})")
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-        if isinstance(value, bool) or not ok:
+        if value is not default and (isinstance(value, bool) or not ok):
             gguf._fail(f"metadata key {full!r} must be a{'n integer' if kind is int else ' number'}, "
                        f"got {value!r}")
         return value
@@ -341,44 +355,97 @@ def _config(gguf: GGUFFile) -> ModelConfig:
     token_embd = gguf.tensors.get("token_embd.weight")
     if token_embd is None or len(token_embd.shape) != 2:
         gguf._fail("missing tensor 'token_embd.weight' (the (vocab, d_model) token embedding)")
+    # Variants with these names but other arithmetic: refuse them rather than compute something else.
+    if get("expert_count", int, 0):
+        gguf._fail("mixture-of-experts models are not supported")
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        gguf._fail(f"RoPE scaling {scaling!r} ({arch}.rope.scaling.type) is not supported; fastlm reads "
+                   f"linear scaling and llama3's rope_freqs")
+    head_dim = get("attention.key_length", int, None)
+    if get("attention.value_length", int, head_dim) != head_dim:
+        gguf._fail(f"{arch}.attention.value_length differs from key_length {head_dim}; fastlm needs them equal")
+    layers, heads = get("block_count", int), get("attention.head_count", int)
+    window = get("attention.sliding_window", int, 0)
+    divisors = None
+    if "rope_freqs.weight" in gguf.tensors:          # llama3 scaling: per-pair divisors of the frequencies
+        divisors = tuple(gguf.tensor("rope_freqs.weight", np.float64).reshape(-1).tolist())
+    attn_scale = None
+    if arch in ("gemma2", "gemma3") and layers in (46, 62):   # the 27B models, as llama.cpp knows them
+        attn_scale = (get("embedding_length", int) / heads) ** -0.5
     try:
-        config = ModelConfig(
+        return ModelConfig(
             vocab_size=token_embd.shape[0],
             d_model=get("embedding_length", int),
-            num_layers=get("block_count", int),
-            num_heads=get("attention.head_count", int),
-            num_kv_heads=get("attention.head_count_kv", int, meta.get(f"{arch}.attention.head_count")),
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=get("attention.head_count_kv", int, heads),
             d_ff=get("feed_forward_length", int),
             max_seq_len=get("context_length", int),
             tie_weights="output.weight" not in gguf.tensors,
             rope_theta=float(get("rope.freq_base", float, 10000.0)),
             norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+            arch=arch,
+            head_dim=head_dim,
+            rope_dim=get("rope.dimension_count", int, None),
+            rope_freq_divisors=divisors,
+            rope_scaling=float(get("rope.scaling.factor", float, 1.0)) if scaling == "linear" else 1.0,
+            rope_local_theta=float(get("rope.freq_base_swa", float)) if f"{arch}.rope.freq_base_swa" in meta
+            else None,
+            qkv_bias="blk.0.attn_q.bias" in gguf.tensors,
+            qk_norm="blk.0.attn_q_norm.weight" in gguf.tensors,
+            attn_softcap=float(get("attn_logit_softcapping", float, 0.0)),
+            final_softcap=float(get("final_logit_softcapping", float, 0.0)),
+            attn_scale=attn_scale,
+            sliding_window=window,
+            local_layers=tuple(i for i in range(layers) if local(i)) if window else (),
+            **fixed,
         )
     except FastLMValueError as e:
         gguf._fail(f"inconsistent model shape: {e}")
 
-    # Variants with llama's names but other arithmetic: refuse them rather than compute something else.
-    if get("expert_count", int, 0):
-        gguf._fail("mixture-of-experts models are not supported")
-    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
-        if get(key, int, config.head_dim) != config.head_dim:
-            gguf._fail(f"{arch}.{key} = {meta[f'{arch}.{key}']} differs from head_dim {config.head_dim}; "
-                       f"fastlm rotates and attends over whole heads")
-    if meta.get(f"{arch}.rope.scaling.type", "none") != "none" or "rope_freqs.weight" in gguf.tensors:
-        gguf._fail("RoPE scaling is not supported")
-    return config
+
+def _file_tensors(config: ModelConfig, gguf: GGUFFile) -> dict[str, tuple[str, int, int]]:
+    """fastlm name -> (file tensor, first row, end row) for every parameter: most are whole tensors of the
+    same name (plus ``.weight``); fused ones are row ranges of one file tensor."""
+    shapes = parameter_shapes(config)
+    where = {}
+    for name, shape in shapes.items():
+        file_name = name if name.endswith(".bias") else f"{name}.weight"
+        where[name] = (file_name, 0, shape[0])
+    for i in range(config.num_layers):
+        for fused, parts in _FUSED.items():
+            file_name = f"blk.{i}.{fused}.weight"
+            if file_name in gguf.tensors and (fused != "ffn_up" or f"blk.{i}.ffn_gate.weight" not in gguf.tensors):
+                row = 0
+                for part in parts:
+                    rows = shapes[f"blk.{i}.{part}"][0]
+                    where[f"blk.{i}.{part}"] = (file_name, row, row + rows)
+                    row += rows
+    return where
+
+
+def _rows(w, start: int, stop: int):
+    """Rows start..stop-1 of a float or block matrix, as a view."""
+    if start == 0 and stop == w.shape[0]:
+        return w
+    if isinstance(w, QuantizedTensor):
+        return QuantizedTensor(w.data[start:stop], w.qtype, (stop - start, w.shape[1]))
+    return w[start:stop]
 
 
 def load_gguf(path, dtype=np.float32, quantized: bool = False
               ) -> tuple[ModelConfig, dict[str, np.ndarray | QuantizedTensor], dict[str, Any]]:
-    """Load a Llama-family GGUF file: ``(config, params, metadata)``.
+    """Load a GGUF file of any architecture in :data:`ARCHITECTURES`: ``(config, params, metadata)``.
 
-    ``params`` uses fastlm's names (GGUF's without ``.weight``) and shapes (:func:`fastlm.reference.
+    ``params`` uses fastlm's names (GGUF's without ``.weight``) and shapes (:func:`fastlm.config.
     parameter_shapes`), decoded to ``dtype``; F32 tensors loaded as float32 are read-only views of the
-    memory-mapped file. With ``quantized``, matrices of the types fastlm computes on (:data:`KERNEL_TYPES`)
-    stay as stored, :class:`QuantizedTensor` views of the map. Q/K rows stay as stored: llama.cpp's converter
-    already laid them out for interleaved-pair RoPE, fastlm's convention. ``metadata`` holds every key-value
-    pair of the file (see :class:`GGUFFile`), tokenizer keys included. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
+    memory-mapped file, and fused tensors (Phi-3's ``attn_qkv``, ``ffn_up`` = [gate; up]) are split into views
+    of their rows. With ``quantized``, matrices of the types fastlm computes on (:data:`KERNEL_TYPES`) stay as
+    stored, :class:`QuantizedTensor` views of the map. Q/K rows stay as stored: llama.cpp's converter already
+    laid them out for the arch's RoPE pairing, and Gemma's norm weights already hold the ``+1``. ``metadata``
+    holds every key-value pair of the file (see :class:`GGUFFile`), tokenizer keys included. Any problem
+    raises :class:`~fastlm.errors.ModelFormatError`.
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -386,20 +453,31 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
     gguf = GGUFFile(path)
     config = _config(gguf)
     shapes = parameter_shapes(config)
-    unexpected = sorted(set(gguf.tensors) - {f"{name}.weight" for name in shapes})
+    where = _file_tensors(config, gguf)
+    used = {file_name for file_name, _, _ in where.values()} | ({"rope_freqs.weight"} if
+                                                                config.rope_freq_divisors else set())
+    unexpected = sorted(set(gguf.tensors) - used)
     if unexpected:
-        gguf._fail(f"unexpected tensors for a {config.num_layers}-layer llama model: {unexpected[:8]}")
+        gguf._fail(f"unexpected tensors for a {config.num_layers}-layer {config.arch} model: {unexpected[:8]}")
     # Check every tensor before decoding any, so a bad file fails fast.
-    for name, shape in shapes.items():
-        info = gguf.tensors.get(f"{name}.weight")
+    rows: dict[str, int] = {}                          # file tensor -> rows its parameters cover
+    for name, (file_name, start, stop) in where.items():
+        info = gguf.tensors.get(file_name)
         if info is None:
-            gguf._fail(f"missing tensor '{name}.weight' (expected shape {shape})")
-        if info.shape != shape:
-            gguf._fail(f"tensor '{name}.weight' has shape {info.shape}, expected {shape}")
+            gguf._fail(f"missing tensor {file_name!r} (expected shape {shapes[name]}) for {config.arch}")
+        rows[file_name] = max(rows.get(file_name, 0), stop)
+        if info.shape[1:] != shapes[name][1:] or len(info.shape) != len(shapes[name]):
+            gguf._fail(f"tensor {file_name!r} has shape {info.shape}, expected {shapes[name]}")
         if info.nbytes is None:
             gguf._fail(info.unsupported())
-    keep = {name for name in shapes if quantized and len(shapes[name]) == 2
-            and gguf.tensors[f"{name}.weight"].qtype in KERNEL_TYPES}
-    params = {name: gguf.quantized(f"{name}.weight") if name in keep else gguf.tensor(f"{name}.weight", dtype)
-              for name in shapes}
+    for file_name, n in rows.items():
+        shape = gguf.tensors[file_name].shape
+        if shape[0] != n:
+            gguf._fail(f"tensor {file_name!r} has shape {shape}, expected {(n, *shape[1:])}")
+    loaded = {}
+    for file_name in sorted({file_name for file_name, _, _ in where.values()}):
+        info = gguf.tensors[file_name]
+        keep = quantized and len(info.shape) == 2 and info.qtype in KERNEL_TYPES
+        loaded[file_name] = gguf.quantized(file_name) if keep else gguf.tensor(file_name, dtype)
+    params = {name: _rows(loaded[file_name], start, stop) for name, (file_name, start, stop) in where.items()}
     return config, params, gguf.metadata

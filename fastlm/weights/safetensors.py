@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints of ``LlamaForCausalLM``: ``config.json`` plus safetensors weights.
+"""Hugging Face checkpoints (Llama, Mistral, Qwen2, Qwen3, Phi3, Gemma2, Gemma3 ``*ForCausalLM``):
+``config.json`` plus safetensors weights.
 
 A safetensors file is a uint64 little-endian header length N, N bytes of JSON, then the data. The JSON
 maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (relative to the data start),
@@ -6,8 +7,9 @@ plus an optional ``"__metadata__"``. The files are parsed here over a memory map
 ``safetensors`` package, whose NumPy API cannot return bfloat16 and copies every tensor into memory: each
 tensor is decoded straight from the map, after its offsets are checked against the file.
 
-Hugging Face stores Q and K for rotate-half RoPE (pairs ``(x[i], x[i + head_dim/2])``); fastlm rotates
-interleaved pairs ``(x[2i], x[2i+1])``, so the loader permutes their rows (:func:`permute_rotate_half`).
+Hugging Face stores Q and K for rotate-half RoPE (pairs ``(x[i], x[i + head_dim/2])``). For the families
+whose GGUF files rotate interleaved pairs ``(x[2i], x[2i+1])`` (llama, mistral) the loader permutes their rows
+(:func:`permute_rotate_half`), so both files give the same weights; the others keep rotate-half ("neox").
 """
 from __future__ import annotations
 
@@ -19,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import ModelConfig, llama3_rope_divisors, parameter_shapes
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
-from ..reference import parameter_shapes
 from .gguf import _map_file
 from .quant import GGMLType, dequantize
 
@@ -100,63 +101,156 @@ def _read_json(path: Path) -> Any:
         raise ModelFormatError(f"{path}: cannot read as JSON: {e}") from None
 
 
+# model_type -> (the GGUF arch name fastlm reports, the choices the type fixes); the rest is read from
+# config.json. Gemma's norms scale by (1 + w); the GGUF converter folds that 1 into the file, HF does not.
+_GEMMA = dict(rope_style="neox", activation="gelu_tanh", scale_embeddings=True, post_norms=True, norm_offset=1.0)
+MODEL_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("llama", dict(rope_style="interleaved")),
+    "mistral": ("llama", dict(rope_style="interleaved")),
+    "qwen2": ("qwen2", dict(rope_style="neox")),
+    "qwen3": ("qwen3", dict(rope_style="neox", qk_norm=True)),
+    "phi3": ("phi3", dict(rope_style="neox")),
+    "gemma2": ("gemma2", _GEMMA),
+    "gemma3_text": ("gemma3", dict(_GEMMA, qk_norm=True)),
+}
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+
+
 def _config(cfg: Any, path: Path) -> ModelConfig:
-    """The ModelConfig of a LlamaForCausalLM config.json; variants fastlm would compute differently raise."""
+    """The ModelConfig of a config.json; variants fastlm would compute differently raise, naming them."""
     def fail(problem: str):
         raise ModelFormatError(f"{path}: {problem}")
 
     if not isinstance(cfg, dict):
         fail("not a JSON object")
-    if cfg.get("model_type") != "llama":
-        fail(f"unsupported architecture: model_type {cfg.get('model_type')!r} "
-             f"({cfg.get('architectures')}); fastlm runs llama (LlamaForCausalLM)")
-    scaling = cfg.get("rope_scaling") or {}
-    rope = cfg.get("rope_parameters") or {}      # newer transformers keep rope_theta and rope_type here
-    if not isinstance(scaling, dict) or not isinstance(rope, dict):
-        fail("rope_scaling and rope_parameters must be JSON objects")
-    if {scaling.get("rope_type", "default"), scaling.get("type", "default"), rope.get("rope_type", "default")} \
-            != {"default"}:
-        fail(f"RoPE scaling ({scaling or rope}) is not supported")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        fail("attention or MLP biases are not supported")
-    if cfg.get("hidden_act", "silu") != "silu":
-        fail(f"activation {cfg['hidden_act']!r} is not supported (SwiGLU uses silu)")
+    model_type = cfg.get("model_type")
+    if model_type not in MODEL_TYPES:
+        fail(f"unsupported architecture: model_type {model_type!r} ({cfg.get('architectures')}); fastlm runs "
+             f"{', '.join(MODEL_TYPES)}")
+    arch, fixed = MODEL_TYPES[model_type]
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         if key not in cfg:
             fail(f"missing key {key!r}")
+    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    if cfg.get("mlp_bias"):
+        fail("MLP biases are not supported")
+    activation = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
+    if _ACTIVATIONS.get(activation) != fixed.get("activation", "silu"):
+        fail(f"activation {activation!r} is not supported for {model_type}")
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // max(heads, 1)
+    types = _layer_types(cfg, model_type, layers)
+    global_rope, local_rope = _rope(cfg, types, fail)
+    rope_dim = int(head_dim * float(global_rope.get("partial_rotary_factor",
+                                                    cfg.get("partial_rotary_factor", 1.0))))
+    kind = global_rope.get("rope_type", global_rope.get("type", "default"))
+    divisors, scaling = None, 1.0
+    if kind == "llama3":
+        try:
+            divisors = llama3_rope_divisors(rope_dim, float(global_rope["rope_theta"]), float(global_rope["factor"]),
+                                            float(global_rope["low_freq_factor"]),
+                                            float(global_rope["high_freq_factor"]),
+                                            int(global_rope["original_max_position_embeddings"]))
+        except (KeyError, TypeError, ValueError) as e:
+            fail(f"llama3 RoPE scaling needs factor, low/high_freq_factor, original_max_position_embeddings: {e}")
+    elif kind == "linear":
+        scaling = float(global_rope.get("factor", 1.0))
+    elif kind != "default":
+        fail(f"RoPE scaling {kind!r} is not supported (fastlm reads default, linear and llama3)")
+    if local_rope.get("rope_type", local_rope.get("type", "default")) != "default":
+        fail("scaled RoPE on sliding-window layers is not supported")
+    local = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    softcaps = {k: float(cfg.get(k) or 0.0) for k in ("attn_logit_softcapping", "final_logit_softcapping")}
     try:
-        config = ModelConfig(
-            vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
-            num_heads=cfg["num_attention_heads"],
-            num_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-            d_ff=cfg["intermediate_size"], max_seq_len=cfg.get("max_position_embeddings", 2048),
-            tie_weights=bool(cfg.get("tie_word_embeddings", False)),
-            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+        return ModelConfig(
+            vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], num_layers=layers, num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads, d_ff=cfg["intermediate_size"],
+            max_seq_len=cfg.get("max_position_embeddings", 2048),
+            tie_weights=bool(cfg.get("tie_word_embeddings", arch.startswith("gemma"))),
+            rope_theta=float(global_rope.get("rope_theta", 10000.0)),
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            arch=arch, head_dim=head_dim, rope_dim=rope_dim, rope_freq_divisors=divisors, rope_scaling=scaling,
+            rope_local_theta=float(local_rope["rope_theta"]) if local and "rope_theta" in local_rope else None,
+            qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+            attn_softcap=softcaps["attn_logit_softcapping"], final_softcap=softcaps["final_logit_softcapping"],
+            attn_scale=float(cfg["query_pre_attn_scalar"]) ** -0.5 if cfg.get("query_pre_attn_scalar") else None,
+            sliding_window=int(cfg.get("sliding_window") or 0) if local else 0, local_layers=local,
+            **fixed,
         )
     except (FastLMValueError, TypeError, ValueError) as e:
         fail(f"invalid model shape: {e}")
-    if cfg.get("head_dim", config.head_dim) != config.head_dim:
-        fail(f"head_dim {cfg['head_dim']} differs from hidden_size / num_attention_heads = {config.head_dim}")
-    return config
 
 
-def _hf_names(config: ModelConfig) -> dict[str, str]:
-    """Hugging Face tensor name -> fastlm name, for every tensor the model needs."""
-    names = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "output_norm"}
-    if not config.tie_weights:
-        names["lm_head.weight"] = "output"
-    for i in range(config.num_layers):
-        hf, ours = f"model.layers.{i}.", f"blk.{i}."
-        names.update({
-            hf + "input_layernorm.weight": ours + "attn_norm", hf + "self_attn.q_proj.weight": ours + "attn_q",
-            hf + "self_attn.k_proj.weight": ours + "attn_k", hf + "self_attn.v_proj.weight": ours + "attn_v",
-            hf + "self_attn.o_proj.weight": ours + "attn_output",
-            hf + "post_attention_layernorm.weight": ours + "ffn_norm",
-            hf + "mlp.gate_proj.weight": ours + "ffn_gate", hf + "mlp.up_proj.weight": ours + "ffn_up",
-            hf + "mlp.down_proj.weight": ours + "ffn_down",
-        })
-    return names
+def _layer_types(cfg: dict, model_type: str, layers: int) -> list[str]:
+    """"sliding_attention" or "full_attention" per layer: config.json's ``layer_types`` where it has them,
+    else each family's rule (Gemma 2: even layers slide; Gemma 3: all but every sixth; Qwen: layers from
+    max_window_layers on, if use_sliding_window; others: every layer, when sliding_window is set)."""
+    if isinstance(cfg.get("layer_types"), list) and len(cfg["layer_types"]) == layers:
+        return list(cfg["layer_types"])
+    if not cfg.get("sliding_window"):
+        return ["full_attention"] * layers
+    if model_type == "gemma2":
+        rule = lambda i: i % 2 == 0  # noqa: E731
+    elif model_type == "gemma3_text":
+        pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or 6
+        rule = lambda i: (i + 1) % pattern != 0  # noqa: E731
+    elif model_type in ("qwen2", "qwen3"):
+        rule = lambda i: bool(cfg.get("use_sliding_window")) and i >= cfg.get("max_window_layers", 0)  # noqa: E731
+    else:
+        rule = lambda i: True  # noqa: E731
+    return ["sliding_attention" if rule(i) else "full_attention" for i in range(layers)]
+
+
+def _rope(cfg: dict, types: list[str], fail) -> tuple[dict, dict]:
+    """The RoPE parameters of full-attention and of sliding-window layers, from transformers 5's
+    ``rope_parameters`` (one dict, or one per layer type) or the older ``rope_theta`` / ``rope_scaling`` /
+    ``rope_local_base_freq``."""
+    params = cfg.get("rope_parameters")
+    scaling = cfg.get("rope_scaling")
+    if params is not None and not isinstance(params, dict) or scaling is not None and not isinstance(scaling, dict):
+        fail("rope_parameters and rope_scaling must be JSON objects")
+    if params and all(isinstance(v, dict) for v in params.values()):
+        full = params.get("full_attention", {})
+        return full, params.get("sliding_attention", full)
+    full = {"rope_theta": cfg.get("rope_theta", 10000.0), **(scaling or {}), **(params or {})}
+    local = {"rope_theta": cfg["rope_local_base_freq"]} if "rope_local_base_freq" in cfg else \
+        {"rope_theta": full["rope_theta"]}
+    return full, local
+
+
+def _hf_names(config: ModelConfig, model_type: str) -> dict[str, tuple[str, int, int]]:
+    """fastlm name -> (Hugging Face tensor, first row, end row) for every tensor the model needs; Phi-3's
+    fused projections are row ranges of one tensor."""
+    shapes = parameter_shapes(config)
+    names = {"token_embd": "model.embed_tokens.weight", "output_norm": "model.norm.weight",
+             "output": "lm_head.weight"}
+    gemma = config.arch.startswith("gemma")
+    per_layer = {
+        "attn_norm": "input_layernorm.weight", "attn_q": "self_attn.q_proj.weight",
+        "attn_k": "self_attn.k_proj.weight", "attn_v": "self_attn.v_proj.weight",
+        "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+        "attn_v.bias": "self_attn.v_proj.bias", "attn_q_norm": "self_attn.q_norm.weight",
+        "attn_k_norm": "self_attn.k_norm.weight", "attn_output": "self_attn.o_proj.weight",
+        "ffn_norm": "pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight",
+        "post_attention_norm": "post_attention_layernorm.weight",
+        "post_ffw_norm": "post_feedforward_layernorm.weight",
+        "ffn_gate": "mlp.gate_proj.weight", "ffn_up": "mlp.up_proj.weight", "ffn_down": "mlp.down_proj.weight",
+    }
+    fused = {"attn_q": "self_attn.qkv_proj.weight", "attn_k": "self_attn.qkv_proj.weight",
+             "attn_v": "self_attn.qkv_proj.weight", "ffn_gate": "mlp.gate_up_proj.weight",
+             "ffn_up": "mlp.gate_up_proj.weight"} if model_type == "phi3" else {}
+    where, row = {}, {}
+    for name, shape in shapes.items():
+        prefix, _, short = name.partition(".") if name.startswith("blk.") else ("", "", name)
+        if prefix:
+            index, _, short = short.partition(".")
+            hf_prefix = f"model.layers.{index}."
+            hf = hf_prefix + fused.get(short, per_layer[short])
+        else:
+            hf = names[name]
+        start = row.get(hf, 0)
+        where[name] = (hf, start, start + shape[0])
+        row[hf] = start + shape[0]
+    return where
 
 
 def _shard_files(root: Path) -> list[Path]:
@@ -177,12 +271,14 @@ def _shard_files(root: Path) -> list[Path]:
 
 
 def load_safetensors(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Any]]:
-    """Load a Hugging Face LlamaForCausalLM checkpoint directory: ``(config, params, metadata)``.
+    """Load a Hugging Face checkpoint directory of a model type in :data:`MODEL_TYPES`:
+    ``(config, params, metadata)``.
 
     The directory holds ``config.json`` and ``model.safetensors`` or a sharded
     ``model.safetensors.index.json``; tensors may be float32, float16 or bfloat16. ``params`` uses
-    fastlm's names and shapes, decoded to ``dtype``, with Q/K rows permuted to interleaved-pair RoPE;
-    ``metadata`` is the parsed config.json. Any problem raises :class:`~fastlm.errors.ModelFormatError`.
+    fastlm's names and shapes, decoded to ``dtype``, with Q/K rows permuted to interleaved-pair RoPE for the
+    llama-style families and fused tensors split; ``metadata`` is the parsed config.json. Any problem raises
+    :class:`~fastlm.errors.ModelFormatError`.
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -200,25 +296,35 @@ def load_safetensors(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.
             if name in where:
                 raise ModelFormatError(f"{shard.path}: tensor {name!r} is also in {where[name].path}")
             where[name] = shard
-    names = _hf_names(config)
+    names = _hf_names(config, cfg["model_type"])
+    used = {hf for hf, _, _ in names.values()}
     tied_head = {"lm_head.weight"} if config.tie_weights else set()   # a tied copy some checkpoints keep
-    unexpected = sorted(n for n in set(where) - set(names) - tied_head if not n.endswith(_IGNORED_SUFFIXES))
+    unexpected = sorted(n for n in set(where) - used - tied_head if not n.endswith(_IGNORED_SUFFIXES))
     if unexpected:
-        raise ModelFormatError(f"{root}: unexpected tensors for a {config.num_layers}-layer llama model: "
-                               f"{unexpected[:8]}")
+        raise ModelFormatError(f"{root}: unexpected tensors for a {config.num_layers}-layer {cfg['model_type']} "
+                               f"model: {unexpected[:8]}")
     shapes = parameter_shapes(config)
-    for hf_name, name in names.items():
-        if hf_name not in where:
-            raise ModelFormatError(f"{root}: missing tensor {hf_name!r} (expected shape {shapes[name]})")
-        shape = where[hf_name].tensors[hf_name][1]
-        if shape != shapes[name]:
-            raise ModelFormatError(f"{where[hf_name].path}: tensor {hf_name!r} has shape {shape}, "
-                                   f"expected {shapes[name]}")
+    rows = {}
+    for name, (hf, start, stop) in names.items():
+        if hf not in where:
+            raise ModelFormatError(f"{root}: missing tensor {hf!r} (expected shape {shapes[name]}) for "
+                                   f"{cfg['model_type']}")
+        shape = where[hf].tensors[hf][1]
+        rows[hf] = max(rows.get(hf, 0), stop)
+        if shape[1:] != shapes[name][1:] or len(shape) != len(shapes[name]):
+            raise ModelFormatError(f"{where[hf].path}: tensor {hf!r} has shape {shape}, expected {shapes[name]}")
+    for hf, n in rows.items():
+        shape = where[hf].tensors[hf][1]
+        if shape[0] != n:
+            raise ModelFormatError(f"{where[hf].path}: tensor {hf!r} has shape {shape}, expected "
+                                   f"{(n, *shape[1:])}")
 
+    loaded = {hf: where[hf].tensor(hf, dtype) for hf in sorted(used)}
     params = {}
-    for hf_name, name in names.items():
-        w = where[hf_name].tensor(hf_name, dtype)
-        if name.endswith(("attn_q", "attn_k")):
-            w = permute_rotate_half(w, config.num_heads if name.endswith("attn_q") else config.num_kv_heads)
+    for name, (hf, start, stop) in names.items():
+        w = loaded[hf][start:stop]
+        if config.rope_style == "interleaved" and name.removesuffix(".bias").endswith(("attn_q", "attn_k")):
+            heads = config.num_heads if "attn_q" in name else config.num_kv_heads
+            w = permute_rotate_half(w.reshape(w.shape[0], -1), heads).reshape(w.shape)
         params[name] = w
     return config, params, cfg
