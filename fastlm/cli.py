@@ -81,29 +81,39 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .accounting import count_model_parameters
-    from .weights import GGUFFile
+    """Describe a model from its header alone (GGUF header or config.json): nothing is decoded, so it also
+    describes files fastlm cannot run, and says why."""
+    from math import prod
+
+    from .config import parameter_shapes
+    from .weights import GGUFFile, gguf, safetensors
     path = resolve(args.model)
-    start = time.perf_counter()
-    lm = load(path)
-    elapsed = time.perf_counter() - start
-    c = lm.config
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    params = count_model_parameters(c.vocab_size, c.d_model, c.num_layers, c.num_heads, c.num_kv_heads, c.d_ff,
-                                    c.tie_weights)["total"]
-    rows = [("file", str(path)), ("file size", f"{size / 2**20:.1f} MiB"),
-            ("architecture", lm.metadata.get("general.architecture", "llama")),
-            ("parameters", f"{params:,}"), ("layers", c.num_layers), ("d_model", c.d_model),
-            ("heads / kv heads", f"{c.num_heads} / {c.num_kv_heads} (head_dim {c.head_dim})"), ("d_ff", c.d_ff),
-            ("vocab", c.vocab_size), ("context", c.max_seq_len), ("rope theta", c.rope_theta),
-            ("rms eps", c.norm_eps), ("tied embeddings", c.tie_weights)]
+    rows = [("file", str(path)), ("file size", f"{size / 2**20:.1f} MiB")]
+    problem = None
+    try:
+        c = safetensors.read_config(path) if path.is_dir() else gguf.read_config(path)[0]
+    except FastLMError as e:
+        c, problem = None, str(e)
     if not path.is_dir():
+        header = GGUFFile(path)
+        rows.append(("architecture", header.metadata.get("general.architecture", "?")))
         types: dict[str, int] = {}
-        for tensor in GGUFFile(path).tensors.values():
+        for tensor in header.tensors.values():
             types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
         rows.append(("tensor types", ", ".join(f"{n} {t}" for t, n in sorted(types.items()))))
-    rows.append(("weights in memory", ", ".join(f"{n} {t}" for t, n in lm.model.weight_types.items())))
-    rows.append(("load time", f"{elapsed:.2f} s"))
+    elif c is not None:
+        rows.append(("architecture", c.arch))
+    if c is not None:
+        params = sum(prod(shape) for shape in parameter_shapes(c).values())
+        rows += [("parameters", f"{params:,}"), ("layers", c.num_layers), ("d_model", c.d_model),
+                 ("heads / kv heads", f"{c.num_heads} / {c.num_kv_heads} (head_dim {c.head_dim})"),
+                 ("d_ff", c.d_ff), ("vocab", c.vocab_size), ("context", c.max_seq_len),
+                 ("rope theta", c.rope_theta), ("rms eps", c.norm_eps), ("tied embeddings", c.tie_weights)]
+        rows += [(f"  {name}", value) for name, value in c.choices().items()
+                 if name not in ("arch", "tie_weights")]
+    else:
+        rows.append(("fastlm cannot run it", problem))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -245,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(p)
     p.set_defaults(run=cmd_chat)
 
-    p = sub.add_parser("info", help="config, parameter count, tensor types and file size")
+    p = sub.add_parser("info", help="architecture, component choices, parameter count, tensor types and file "
+                                    "size, from the header alone")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     p.set_defaults(run=cmd_info)
 

@@ -32,7 +32,7 @@ from ..config import ModelConfig, parameter_shapes
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .quant import BLOCK_SIZES, KERNEL_TYPES, GGMLType, QuantizedTensor, dequantize
 
-__all__ = ["GGUFFile", "GGUFValue", "ValueType", "TensorInfo", "load_gguf", "ARCHITECTURES"]
+__all__ = ["GGUFFile", "GGUFValue", "ValueType", "TensorInfo", "load_gguf", "read_config", "ARCHITECTURES"]
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -434,6 +434,12 @@ def _rows(w, start: int, stop: int):
     return w[start:stop]
 
 
+def read_config(path) -> tuple[ModelConfig, GGUFFile]:
+    """The ModelConfig a GGUF file describes, from its header alone (nothing is decoded)."""
+    gguf = GGUFFile(path)
+    return _config(gguf), gguf
+
+
 def load_gguf(path, dtype=np.float32, quantized: bool = False
               ) -> tuple[ModelConfig, dict[str, np.ndarray | QuantizedTensor], dict[str, Any]]:
     """Load a GGUF file of any architecture in :data:`ARCHITECTURES`: ``(config, params, metadata)``.
@@ -450,8 +456,7 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise FastLMTypeError(f"dtype must be float32 or float64, got {dtype}")
-    gguf = GGUFFile(path)
-    config = _config(gguf)
+    config, gguf = read_config(path)
     shapes = parameter_shapes(config)
     where = _file_tensors(config, gguf)
     used = {file_name for file_name, _, _ in where.values()} | ({"rope_freqs.weight"} if
@@ -464,7 +469,10 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
     for name, (file_name, start, stop) in where.items():
         info = gguf.tensors.get(file_name)
         if info is None:
-            gguf._fail(f"missing tensor {file_name!r} (expected shape {shapes[name]}) for {config.arch}")
+            block, _, part = name.rpartition(".")
+            fused = [f"{block}.{f}.weight" for f, parts in _FUSED.items() if part in parts]
+            gguf._fail(f"missing tensor {file_name!r} (expected shape {shapes[name]}) for {config.arch}"
+                       + (f", nor is it part of a fused {fused[0]!r}" if fused else ""))
         rows[file_name] = max(rows.get(file_name, 0), stop)
         if info.shape[1:] != shapes[name][1:] or len(info.shape) != len(shapes[name]):
             gguf._fail(f"tensor {file_name!r} has shape {info.shape}, expected {shapes[name]}")

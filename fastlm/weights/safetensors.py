@@ -26,7 +26,7 @@ from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .gguf import _map_file
 from .quant import GGMLType, dequantize
 
-__all__ = ["load_safetensors", "permute_rotate_half"]
+__all__ = ["load_safetensors", "read_config", "permute_rotate_half", "MODEL_TYPES"]
 
 MAX_HEADER_BYTES = 100_000_000     # the safetensors library's own limit
 _DTYPES = {"F32": (GGMLType.F32, 4), "F16": (GGMLType.F16, 2), "BF16": (GGMLType.BF16, 2)}
@@ -268,6 +268,11 @@ def _shard_files(root: Path) -> list[Path]:
         if Path(name).name != name or name.startswith("."):    # shards live beside the index, nowhere else
             raise ModelFormatError(f"{index}: shard file name {name!r} is not a plain file name")
     return [root / name for name in names]
+
+
+def read_config(path) -> ModelConfig:
+    """The ModelConfig of a checkpoint directory, from its config.json alone."""
+    return _config(_read_json(Path(path) / "config.json"), Path(path) / "config.json")
 
 
 def load_safetensors(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Any]]:
