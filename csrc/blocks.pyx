@@ -114,7 +114,8 @@ cdef class Blocks:
             raise TypeError("RoPE tables must be float32 or float64")
         if rope_dim < 2 or rope_dim % 2 or rope_dim > head_dim:
             raise ValueError(f"rope_dim {rope_dim} must be even, in [2, head_dim = {head_dim}]")
-        self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim = len(blocks), num_heads, num_kv_heads, head_dim
+        self.num_layers, self.num_heads = len(blocks), num_heads
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.gelu, self.scale, self.softcap = gelu, scale, softcap
         self.rope_len = blocks[0].rope_cos.shape[0]
         self._keep = []

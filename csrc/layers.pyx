@@ -1,7 +1,7 @@
 # Per-token layers of the transformer block: RMSNorm, RoPE (fused with the Q/K/V split and the write into
-# the K/V cache) and the gated activations (SwiGLU, GeGLU). Each loops over tokens in parallel; the inner loops are plain contiguous
-# arithmetic that the compiler vectorises (layers_core.pxi). Callers validate shapes; the checks here guard
-# the kernels.
+# the K/V cache) and the gated activations (SwiGLU, GeGLU). Each loops over tokens in parallel; the inner
+# loops are plain contiguous arithmetic that the compiler vectorises (layers_core.pxi). Callers validate
+# shapes; the checks here guard the kernels.
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, sqrt, tanh, tanhf
 from libc.stdint cimport int64_t

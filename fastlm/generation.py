@@ -1,4 +1,6 @@
-"""Autoregressive generation: the textbook's naive loop, and the engine (KV cache, batches, streaming).
+"""Autoregressive generation over a model, as free functions (gpt-fast's shape): the engine
+(:func:`generate_steps`: KV cache, ragged batches, streaming) and the loops users call, :func:`generate`,
+:func:`generate_batch` and :func:`stream` (:class:`fastlm.CausalLM` keeps them as thin methods).
 
 Randomness: every row draws its uniforms (one per new token) from its own generator, seeded by that row's
 seed, so a row's tokens depend only on its prompt, its options and its seed, never on the other rows of
@@ -14,6 +16,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import FastLMTypeError, FastLMValueError
+from .sampling import Sampler
 from .validation import check_eos, check_int, check_token_ids, row_uniforms
 
 if TYPE_CHECKING:
@@ -219,3 +222,72 @@ class _NaiveLogits:
 
     def move(self, src: int, dst: int) -> None:
         pass                                   # nothing is kept between steps
+
+
+# ------------------------------------------------------------------------------------ the public loops
+
+def generate(model: "CausalLM", prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, greedy: bool = False, eos_token_id=None, seed=None, *,
+             use_cache: bool = True, sliding_window: bool = False, **sampling) -> np.ndarray:
+    """Sample up to ``max_new_tokens`` tokens after each prompt row; returns (B, L + n) int64, prompts
+    included.
+
+    Stops at ``max_seq_len`` (unless ``sliding_window``), or once every row has produced an eos id
+    (``eos_token_id``: one id or several; a finished row is padded with its eos). Each row's tokens
+    depend only on its prompt, the options and ``seed`` (see :mod:`fastlm.generation`), and are the
+    same with or without the cache. ``sampling`` takes the rest of :class:`fastlm.Sampler`'s options
+    (min_p, penalties, logit_bias). For ragged prompts, stop sequences, log-probabilities and finish
+    reasons use :func:`generate_batch`; for token-by-token output, :func:`stream`.
+    """
+    limit = np.iinfo(np.int64).max if sliding_window else model.max_seq_len
+    ids = check_token_ids(prompt_tokens, model.vocab_size, limit)
+    results = generate_batch(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             greedy=greedy, eos_token_id=eos_token_id, seed=seed, use_cache=use_cache,
+                             sliding_window=sliding_window, **sampling)
+    width = max(len(r.tokens) for r in results)
+    out = np.empty((ids.shape[0], ids.shape[1] + width), np.int64)
+    out[:, : ids.shape[1]] = ids
+    for row, r in zip(out, results):
+        row[ids.shape[1]:] = np.pad(r.tokens, (0, width - len(r.tokens)), mode="edge") if width else r.tokens
+    return out
+
+
+def generate_batch(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
+                   seed=None, use_cache: bool = True, sliding_window: bool = False,
+                   sampler: Sampler | None = None, **sampling) -> list[Generation]:
+    """Generate for a batch of prompts of any lengths (a list of id sequences, or a (B, L) array).
+
+    Returns one :class:`fastlm.generation.Generation` per prompt: its new tokens, why it stopped
+    (``"eos"``, ``"stop"`` for a stop sequence of token ids, ``"length"``) and, when requested with
+    ``logprobs=True`` / ``top_logprobs=n``, log-probabilities. ``sampler`` is a configured
+    :class:`fastlm.Sampler`; otherwise ``sampling`` holds its options (temperature, top_k, ...).
+    ``seed``: one integer for every row, one per row, or None.
+    """
+    steps = _steps(model, prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
+                   sliding_window, sampler, sampling)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def stream(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
+           seed=None, use_cache: bool = True, sliding_window: bool = False, sampler: Sampler | None = None,
+           **sampling) -> Iterator[TokenEvent]:
+    """Like :func:`generate_batch`, but yields each new token as a :class:`TokenEvent` as soon as it is
+    sampled (rows of one step in slot order; ``finish_reason`` set on a row's last token)."""
+    for events in _steps(model, prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
+                         sliding_window, sampler, sampling):
+        yield from events
+
+
+def _steps(model: "CausalLM", prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
+           sliding_window, sampler, sampling):
+    if sampler is None:
+        sampler = Sampler(**sampling)
+    elif sampling:
+        raise FastLMValueError(f"pass either a sampler or sampling options, not both: {sorted(sampling)}")
+    return generate_steps(model, prompts, max_new_tokens, sampler, eos_token_id=eos_token_id,
+                          stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
+                          sliding_window=sliding_window)

@@ -12,8 +12,8 @@ from . import _attention, _blocks, _gather, _layers, _linear, _qlinear, _quant
 from .config import ModelConfig, init_parameters, parameter_shapes
 from .errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .kvcache import KVCache
-from .generation import Generation, TokenEvent, generate_steps
-from .sampling import Sampler
+from . import generation
+from .generation import Generation, TokenEvent
 from .validation import check_int, check_token_ids
 from .weights.quant import QuantizedTensor
 
@@ -356,65 +356,16 @@ class CausalLM:
             np.tanh(out, out=out)
             np.multiply(out, out.dtype.type(cap), out=out)
 
-    def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, greedy: bool = False, eos_token_id=None, seed=None, *,
-                 use_cache: bool = True, sliding_window: bool = False, **sampling) -> np.ndarray:
-        """Sample up to ``max_new_tokens`` tokens after each prompt row; returns (B, L + n) int64, prompts
-        included.
+    # The seed's generation API, as thin methods over the engine's free functions (fastlm.generation).
 
-        Stops at ``max_seq_len`` (unless ``sliding_window``), or once every row has produced an eos id
-        (``eos_token_id``: one id or several; a finished row is padded with its eos). Each row's tokens
-        depend only on its prompt, the options and ``seed`` (see :mod:`fastlm.generation`), and are the
-        same with or without the cache. ``sampling`` takes the rest of :class:`fastlm.Sampler`'s options
-        (min_p, penalties, logit_bias). For ragged prompts, stop sequences, log-probabilities and finish
-        reasons use :meth:`generate_batch`; for token-by-token output, :meth:`stream`.
-        """
-        limit = np.iinfo(np.int64).max if sliding_window else self.max_seq_len
-        ids = check_token_ids(prompt_tokens, self.vocab_size, limit)
-        results = self.generate_batch(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      greedy=greedy, eos_token_id=eos_token_id, seed=seed, use_cache=use_cache,
-                                      sliding_window=sliding_window, **sampling)
-        width = max(len(r.tokens) for r in results)
-        out = np.empty((ids.shape[0], ids.shape[1] + width), np.int64)
-        out[:, : ids.shape[1]] = ids
-        for row, r in zip(out, results):
-            row[ids.shape[1]:] = np.pad(r.tokens, (0, width - len(r.tokens)), mode="edge") if width else r.tokens
-        return out
+    def generate(self, prompt_tokens, max_new_tokens: int, *args, **options) -> np.ndarray:
+        """:func:`fastlm.generation.generate` on this model: (B, L + n) int64, prompts included."""
+        return generation.generate(self, prompt_tokens, max_new_tokens, *args, **options)
 
-    def generate_batch(self, prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
-                       seed=None, use_cache: bool = True, sliding_window: bool = False,
-                       sampler: Sampler | None = None, **sampling) -> list[Generation]:
-        """Generate for a batch of prompts of any lengths (a list of id sequences, or a (B, L) array).
+    def generate_batch(self, prompts, max_new_tokens: int, **options) -> list[Generation]:
+        """:func:`fastlm.generation.generate_batch` on this model: one :class:`Generation` per prompt."""
+        return generation.generate_batch(self, prompts, max_new_tokens, **options)
 
-        Returns one :class:`fastlm.generation.Generation` per prompt: its new tokens, why it stopped
-        (``"eos"``, ``"stop"`` for a stop sequence of token ids, ``"length"``) and, when requested with
-        ``logprobs=True`` / ``top_logprobs=n``, log-probabilities. ``sampler`` is a configured
-        :class:`fastlm.Sampler`; otherwise ``sampling`` holds its options (temperature, top_k, ...).
-        ``seed``: one integer for every row, one per row, or None.
-        """
-        steps = self._steps(prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
-                            sliding_window, sampler, sampling)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
-
-    def stream(self, prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None, seed=None,
-               use_cache: bool = True, sliding_window: bool = False, sampler: Sampler | None = None,
-               **sampling) -> Iterator[TokenEvent]:
-        """Like :meth:`generate_batch`, but yields each new token as a :class:`TokenEvent` as soon as it is
-        sampled (rows of one step in slot order; ``finish_reason`` set on a row's last token)."""
-        for events in self._steps(prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
-                                  sliding_window, sampler, sampling):
-            yield from events
-
-    def _steps(self, prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache, sliding_window,
-               sampler, sampling):
-        if sampler is None:
-            sampler = Sampler(**sampling)
-        elif sampling:
-            raise FastLMValueError(f"pass either a sampler or sampling options, not both: {sorted(sampling)}")
-        return generate_steps(self, prompts, max_new_tokens, sampler, eos_token_id=eos_token_id,
-                              stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
-                              sliding_window=sliding_window)
+    def stream(self, prompts, max_new_tokens: int, **options) -> Iterator[TokenEvent]:
+        """:func:`fastlm.generation.stream` on this model: each new token as soon as it is sampled."""
+        return generation.stream(self, prompts, max_new_tokens, **options)

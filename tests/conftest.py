@@ -16,8 +16,9 @@ from fastlm.weights import GGUFFile, fetch_default_model
 # A small model shape that still exercises grouped-query attention (4 query heads share 2 KV heads).
 TINY = dict(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=48, max_seq_len=24)
 
-# Reference outputs of the real model from Hugging Face transformers: ../shared beside the repository.
-GOLDEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "golden" / "smollm2-135m-instruct-q4_1.hf.json"
+# Reference outputs of the real model from Hugging Face transformers (copied from shared/golden, so that the
+# tests run from a plain clone).
+GOLDEN_FILE = Path(__file__).parent / "data" / "smollm2-135m-instruct-q4_1.hf.json"
 GOLDEN = json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
 
 

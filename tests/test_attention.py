@@ -325,3 +325,51 @@ def test_bad_input_raises(spoil, error, name):
     spoil(args)
     with pytest.raises(error, match=name):
         _attention.attention(**args)
+
+
+# ------------------------------------------------------------------------------ sliding windows, soft-caps
+
+def windowed_reference(q, k_cache, v_cache, start_pos, window, softcap):
+    """Textbook twin with the family options: query at P sees keys P - W < j <= P; scores soft-capped."""
+    B, L, h, dk = q.shape
+    group = h // k_cache.shape[1]
+    out = np.empty((B, L, h, dk))
+    for b in range(B):
+        n_keys = start_pos[b] + L
+        qb = q[b].astype(np.float64).transpose(1, 0, 2)
+        kb = np.repeat(np.nan_to_num(k_cache[b, :, :n_keys].astype(np.float64)), group, axis=0)
+        vb = np.repeat(np.nan_to_num(v_cache[b, :, :n_keys].astype(np.float64)), group, axis=0)
+        scores = qb @ kb.transpose(0, 2, 1) / np.sqrt(dk)
+        if softcap:
+            scores = softcap * np.tanh(scores / softcap)
+        query, key = (start_pos[b] + np.arange(L))[:, None], np.arange(n_keys)[None, :]
+        scores[:, (key > query) | (query - key >= window if window else False)] = -np.inf
+        out[b] = (softmax(scores, axis=-1) @ vb).transpose(1, 0, 2)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case, window, softcap", [
+    ("prefill-multi-tile", 16, 0.0), ("prefill-multi-tile", 100, 5.0), ("chunked-prefill", 70, 0.0),
+    ("chunked-prefill-odd-dk", 1, 0.0), ("decode", 16, 0.0), ("decode-long-split", 300, 0.0),
+    ("decode", 0, 3.0), ("prefill-mqa", 64, 50.0)])
+def test_sliding_window_and_softcap(case, window, softcap, dtype, simd):
+    """Keys before a query's window hold NaN: they must never be read (decode costs O(window), not
+    O(position)), and the result equals the masked textbook attention."""
+    B, L, h, hkv, dk, T, start_pos = CASES[case]
+    q, k, v, pos = make_inputs(np.random.default_rng(7), dtype, B, L, h, hkv, dk, T, start_pos)
+    if window:
+        for b in range(B):                      # every key older than the first query's window
+            k[b, :, :max(0, pos[b] - window + 1)] = np.nan
+            v[b, :, :max(0, pos[b] - window + 1)] = np.nan
+    out = np.empty_like(q)
+    _attention.attention(q, k, v, pos, out, 1.0 / np.sqrt(dk), window=window, softcap=softcap)
+    np.testing.assert_allclose(out, windowed_reference(q, k, v, pos, window, softcap),
+                               rtol=0, atol=2e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("window, softcap", [(-1, 0.0), (1.5, 0.0), (True, 0.0), (0, -1.0), (0, np.inf)])
+def test_bad_window_or_softcap(window, softcap):
+    q, k, v, pos = make_inputs(np.random.default_rng(0), np.float32, 1, 2, 2, 1, 8, 4, [0])
+    with pytest.raises(fastlm.FastLMValueError):
+        _attention.attention(q, k, v, pos, np.empty_like(q), 0.3, window=window, softcap=softcap)

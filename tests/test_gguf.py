@@ -365,8 +365,8 @@ def test_mistyped_metadata_key(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("attention.head_count", 3, "inconsistent model shape: d_model"),
-    ("rope.dimension_count", 32, "rope.dimension_count = 32 differs from head_dim 64"),  # partial rotary
+    ("attention.head_count", 3, "inconsistent model shape: num_heads"),
+    ("rope.dimension_count", 66, "rope_dim must be even and at most head_dim"),
 ])
 def test_shapes_fastlm_cannot_run(tmp_path, key, value, message):
     path = tmp_path / "model.gguf"
@@ -377,7 +377,7 @@ def test_shapes_fastlm_cannot_run(tmp_path, key, value, message):
 
 @pytest.mark.parametrize("key, value, message", [
     ("llama.expert_count", 8, "mixture-of-experts"),
-    ("llama.rope.scaling.type", "linear", "RoPE scaling"),
+    ("llama.rope.scaling.type", "yarn", "RoPE scaling 'yarn'"),
 ])
 def test_unsupported_variants(tmp_path, key, value, message):
     path = tmp_path / "model.gguf"

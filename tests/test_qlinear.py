@@ -142,8 +142,12 @@ def test_simd_and_portable_agree(qtype, n):
 @pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
 @pytest.mark.parametrize("n", [1, 8, 130])
 def test_one_and_two_threads_agree(qtype, n):
+    """Each output row is computed whole by one thread: the row kernels (decode, small batches) give the same
+    bits on any thread count. The prefill path hands panels of rows to sgemm, and how the rows are split
+    into panels follows the threads; some BLAS builds (OpenBLAS 0.3.30's Haswell kernels on AMD Zen, seen
+    here) round an element differently with the panel's height, so there the two agree to float32 rounding."""
     k = ks(qtype)[-1]
-    raw, _ = weights(qtype, 100, k)
+    raw, ref_w = weights(qtype, 100, k)
     x = activations(n, k)
     outs = []
     for threads in (1, 2):
@@ -151,7 +155,11 @@ def test_one_and_two_threads_agree(qtype, n):
             out = np.empty((n, 100), np.float32)
             _qlinear.linear(x, raw, qtype, out)
         outs.append(out)
-    np.testing.assert_array_equal(outs[0], outs[1])
+    if n < 96:
+        np.testing.assert_array_equal(outs[0], outs[1])
+    else:
+        scale = np.abs(x).astype(np.float64) @ np.abs(ref_w).T
+        assert np.all(np.abs(outs[0] - outs[1]) <= 1e-6 * scale)
 
 
 def test_scratch_and_allocation_counter():

@@ -62,7 +62,7 @@ def hf_weights(config, seed=0):
     rng = np.random.default_rng(seed + 1)
     ours = {name: w if w.ndim == 2 else rng.uniform(0.5, 1.5, w.shape)
             for name, w in init_parameters(config, seed).items()}
-    return {hf: ours[name] for hf, name in _hf_names(config).items()}
+    return {hf: ours[name] for name, (hf, _, _) in _hf_names(config, "llama").items()}
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -173,7 +173,7 @@ def test_checkpoint_of_a_fastlm_model_loads_back_exactly(tmp_path):
         return w.reshape(heads, CONFIG.head_dim // 2, 2, -1).transpose(0, 2, 1, 3).reshape(w.shape)
 
     hf = {}
-    for hf_name, name in _hf_names(CONFIG).items():
+    for name, (hf_name, _, _) in _hf_names(CONFIG, "llama").items():
         w = ours[name]
         hf[hf_name] = to_hf(w, CONFIG.num_heads) if name.endswith("attn_q") else \
             to_hf(w, CONFIG.num_kv_heads) if name.endswith("attn_k") else w
@@ -245,11 +245,13 @@ def test_missing_weights_file(ckpt):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "unsupported architecture"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
-    ({"attention_bias": True}, "biases"),
+    ({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}, "unsupported architecture"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "RoPE scaling 'yarn'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3 RoPE scaling needs"),
+    ({"attention_bias": True}, "missing tensor 'model.layers.0.self_attn.q_proj.bias'"),
+    ({"mlp_bias": True}, "MLP biases"),
     ({"hidden_act": "gelu"}, "activation 'gelu'"),
-    ({"head_dim": 16}, "head_dim 16 differs"),
+    ({"head_dim": 16}, "has shape"),
     ({"num_attention_heads": 5}, "invalid model shape"),
     ({"vocab_size": "many"}, "invalid model shape"),
 ])
