@@ -1,6 +1,7 @@
 """``fastlm.load``: a real model and its tokenizer behind text-in, text-out calls."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -9,10 +10,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import generation, structured
 from .config import ModelConfig
-from .errors import FastLMError, FastLMValueError
+from .errors import FastLMError, FastLMTypeError, FastLMValueError
+from .generation import check_stop_sequences
 from .model import CausalLM
+from .text import Clock, GenerationResult, StreamPiece, TextRow, Usage, check_stop
 from .tokenizer import Tokenizer
+from .validation import SamplerSettings
 from .weights import fetch_default_model, load_gguf, load_safetensors
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -21,12 +26,30 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 TEXT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
 
 
+# Keywords the text calls take besides the sampler's own (see fastlm.Sampler).
+_TEXT_KEYWORDS = frozenset({"stop", "stop_sequences", "eos_token_id", "seed", "logits_processors", "json_schema",
+                            "regex", "grammar", "sampler"})
+_SAMPLER_KEYWORDS = frozenset(f.name for f in dataclasses.fields(SamplerSettings))
+
+
 class LanguageModel:
     """A loaded model: ``model`` (a :class:`CausalLM`), ``tokenizer`` and text-level generation.
 
-    ``generate``, ``stream`` and ``chat`` take every option of :meth:`CausalLM.generate_batch` (temperature,
-    top_k, top_p, min_p, penalties, logit_bias, seed, stop_sequences, ...); unset sampling options default
-    to :data:`TEXT_DEFAULTS`, and generation stops at the tokenizer's end-of-text / end-of-turn tokens.
+    ``generate``, ``stream``, ``generate_batch`` and ``chat`` take the sampler's options (temperature,
+    top_k, top_p, min_p, penalties, logit_bias, logprobs, top_logprobs; unset ones default to
+    :data:`TEXT_DEFAULTS`, or pass a configured ``sampler``) and:
+
+    - ``seed``: one integer (every row), one per prompt, or None;
+    - ``stop``: a string or a list of strings; the text ends before the first one (finish reason "stop");
+      ``stop_sequences``: lists of token ids, likewise; ``eos_token_id`` (default: the tokenizer's end of
+      text and end of turn);
+    - ``logits_processors``: callables ``(token_ids, logits) -> logits`` applied in order before sampling;
+    - ``json_schema`` (a dict or its JSON text), ``regex`` or ``grammar`` (Lark or GBNF): structured output
+      (:mod:`fastlm.structured`).
+
+    They return :class:`~fastlm.text.GenerationResult` (``str()`` of it is the text) or stream
+    :class:`~fastlm.text.StreamPiece` s. A ``LanguageModel`` may be shared by threads: the weights are
+    read-only and every call keeps its own cache, workspace and sampler.
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, source: Path, metadata: dict[str, Any]):
@@ -45,38 +68,116 @@ class LanguageModel:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, **options) -> Iterator[str]:
-        """Text pieces of the continuation of ``prompt_ids``, each as soon as it is complete UTF-8."""
-        defaults = {} if "sampler" in options else TEXT_DEFAULTS     # a configured Sampler brings its own
-        options = {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
-        decoder = self.tokenizer.decoder(prompt_ids, skip_special_tokens=True)
-        for event in self.model.stream([prompt_ids], max_new_tokens, **options):
-            piece = decoder.push(event.token)
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+    # ------------------------------------------------------------------------------------------- text calls
 
-    def stream(self, prompt: str, max_new_tokens: int = 256, **options) -> Iterator[str]:
-        """The continuation of ``prompt``, streamed as text pieces."""
-        return self.stream_ids(self.encode(prompt), max_new_tokens, **options)
-
-    def generate(self, prompt: str, max_new_tokens: int = 256, **options) -> str:
+    def generate(self, prompt: str, max_new_tokens: int = 256, **options) -> GenerationResult:
         """The continuation of ``prompt`` (without the prompt)."""
-        return "".join(self.stream(prompt, max_new_tokens, **options))
+        return self.generate_ids(self.encode(_check_text(prompt)), max_new_tokens, **options)
+
+    def stream(self, prompt: str, max_new_tokens: int = 256, **options) -> Iterator[StreamPiece]:
+        """The continuation of ``prompt``, streamed as :class:`StreamPiece` s."""
+        return self.stream_ids(self.encode(_check_text(prompt)), max_new_tokens, **options)
+
+    def generate_batch(self, prompts: list[str], max_new_tokens: int = 256, **options) -> list[GenerationResult]:
+        """Continuations of several prompts at once (ragged rows of one batch; ``seed`` may give one per
+        prompt): each result equals that prompt's own :meth:`generate` with its seed."""
+        if isinstance(prompts, str) or not prompts:
+            raise FastLMTypeError("prompts must be a non-empty list of strings")
+        return self._run([self.encode(_check_text(p)) for p in prompts], max_new_tokens, options, "generate_batch")
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, **options) -> GenerationResult:
+        """The continuation of a prompt given as token ids."""
+        return self._run([prompt_ids], max_new_tokens, options, "generate")[0]
+
+    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, **options) -> Iterator[StreamPiece]:
+        """The continuation of a prompt given as token ids, streamed: pieces as soon as their text is
+        complete UTF-8 and cannot be part of a stop string."""
+        steps = self._steps([prompt_ids], max_new_tokens, options, "stream")
+        while True:
+            try:
+                yield from next(steps)
+            except StopIteration:
+                return
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template, ready for the assistant's turn."""
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
-    def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, **options) -> Iterator[str]:
-        """The assistant's reply to ``messages``, streamed; it ends at the template's end-of-turn token."""
+    def chat(self, messages: list[dict], max_new_tokens: int = 256, **options) -> GenerationResult:
+        """The assistant's reply to ``messages`` (``[{"role": "user", "content": "..."}, ...]``); it ends at
+        the template's end-of-turn token."""
+        return self.generate_ids(self.chat_prompt(messages), max_new_tokens, **options)
+
+    def chat_stream(self, messages: list[dict], max_new_tokens: int = 256, **options) -> Iterator[StreamPiece]:
+        """The assistant's reply to ``messages``, streamed."""
         return self.stream_ids(self.chat_prompt(messages), max_new_tokens, **options)
 
-    def chat(self, messages: list[dict], max_new_tokens: int = 256, **options) -> str:
-        """The assistant's reply to ``messages`` (``[{"role": "user", "content": "..."}, ...]``)."""
-        return "".join(self.chat_stream(messages, max_new_tokens, **options))
+    # ------------------------------------------------------------------------------------------ the driver
+
+    def _run(self, prompts: list[list[int]], max_new_tokens: int, options: dict, caller: str):
+        steps = self._steps(prompts, max_new_tokens, options, caller)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def _steps(self, prompts: list[list[int]], max_new_tokens: int, options: dict, caller: str):
+        """Yields each step's pieces (those of a one-prompt call: that row's); returns the results."""
+        options = self._check_options(options, caller)
+        V = self.model.vocab_size
+        stops = check_stop(options.pop("stop", None))
+        sequences = [s.tolist() for s in check_stop_sequences(options.pop("stop_sequences", None), V)]
+        grammar = structured.grammar_text(options.pop("json_schema", None), options.pop("regex", None),
+                                          options.pop("grammar", None))
+        rows = [TextRow(self.tokenizer, p, stops, sequences,
+                        structured.GrammarRow(self.tokenizer, V, grammar) if grammar else None) for p in prompts]
+        clock = Clock()
+        engine = generation.stream_steps(self.model, prompts, max_new_tokens, hooks=rows, **options)
+        while True:
+            try:
+                events = next(engine)
+            except StopIteration as done:
+                generations = done.value
+                break
+            clock.mark()
+            pieces = []
+            for event in events:
+                row = rows[event.row]
+                if event.finish_reason not in (None, "stop"):
+                    row.finish()
+                lp = row.logprob(event.token, event.logprob, event.top_logprobs)
+                pieces.append(StreamPiece(row.release(), [event.token], None if lp is None else [lp],
+                                          event.finish_reason))
+            yield pieces
+        timings = clock.timings(sum(map(len, prompts)), sum(len(g.tokens) for g in generations), len(prompts))
+        results = []
+        for prompt, row, gen in zip(prompts, rows, generations):
+            row.finish()
+            logprobs = None
+            if gen.logprobs is not None:
+                tops = gen.top_logprobs or [None] * len(gen.tokens)
+                logprobs = [row.logprob(int(t), float(lp), top) for t, lp, top in zip(gen.tokens, gen.logprobs, tops)]
+            results.append(GenerationResult(row.text, gen.tokens.tolist(), gen.finish_reason,
+                                            Usage(len(prompt), len(gen.tokens)), timings, logprobs))
+        if len(prompts) == 1:             # the stream's last piece carries the totals
+            yield [StreamPiece(row.release(), [], None, results[0].finish_reason, results[0].usage, timings)]
+        return results
+
+    def _check_options(self, options: dict, caller: str) -> dict:
+        unknown = sorted(set(options) - _TEXT_KEYWORDS - _SAMPLER_KEYWORDS)
+        if unknown:
+            raise FastLMTypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}; it takes the "
+                                  f"sampler's options ({', '.join(sorted(_SAMPLER_KEYWORDS))}) and "
+                                  f"{', '.join(sorted(_TEXT_KEYWORDS))}")
+        defaults = {} if "sampler" in options else TEXT_DEFAULTS      # a configured Sampler brings its own
+        return {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
+
+
+def _check_text(text) -> str:
+    if not isinstance(text, str):
+        raise FastLMTypeError(f"a prompt must be a str, got {type(text).__name__}")
+    return text
 
 
 def resolve(path_or_name: str | os.PathLike) -> Path:

@@ -42,7 +42,7 @@ def _load(name: str, threads: int | None, dequantize: bool = False) -> LanguageM
 def cmd_generate(args) -> int:
     lm = _load(args.model, args.threads, args.dequantize)
     for piece in lm.stream(args.prompt, args.max_new_tokens, **_options(args)):
-        sys.stdout.write(piece)
+        sys.stdout.write(piece.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -72,8 +72,8 @@ def cmd_chat(args) -> int:
         history.append({"role": "user", "content": text})
         reply = []
         for piece in lm.chat_stream(history, args.max_new_tokens, **_options(args)):
-            reply.append(piece)
-            sys.stdout.write(piece)
+            reply.append(piece.text)
+            sys.stdout.write(piece.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
         sys.stdout.flush()

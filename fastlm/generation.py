@@ -32,6 +32,39 @@ class TokenEvent:
     token: int
     logprob: float | None          # log-probability under the model's raw distribution, if requested
     finish_reason: str | None      # None while the row goes on; "eos", "stop" or "length" on its last token
+    top_logprobs: list[tuple[int, float]] | None = None   # the n most probable raw tokens, if requested
+
+
+class RowHook:
+    """Per-row control of the engine (structured output, text stop strings): ``mask`` may change the row's
+    next-token logits in place before sampling (a grammar sets -inf where it forbids); ``stop`` is told each
+    token the row takes and returns True to end the row with finish reason "stop"."""
+
+    def mask(self, tokens: np.ndarray, logits: np.ndarray) -> None:
+        pass
+
+    def stop(self, token: int) -> bool:
+        return False
+
+
+def check_logits_processors(processors) -> list:
+    """None or a sequence of callables ``(token_ids, logits) -> logits``."""
+    if processors is None:
+        return []
+    if callable(processors) or not all(callable(p) for p in processors):
+        raise FastLMTypeError("logits_processors must be a list of callables (token_ids, logits) -> logits")
+    return list(processors)
+
+
+def _apply_processors(processors: list, tokens: np.ndarray, logits: np.ndarray) -> None:
+    """logits (V,) <- each processor's result in turn, checked before it reaches the sampler."""
+    for proc in processors:
+        result = np.asarray(proc(tokens, logits))
+        if result.shape != logits.shape or not np.issubdtype(result.dtype, np.floating):
+            raise FastLMValueError(f"logits processor {getattr(proc, '__name__', proc)!r} returned "
+                                   f"{result.dtype} of shape {result.shape}; expected floats of shape "
+                                   f"{logits.shape}")
+        logits[...] = result
 
 
 @dataclass
@@ -92,9 +125,16 @@ class _Rows:
 
 def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, eos_token_id=None,
                    stop_sequences=None, seed=None, use_cache: bool = True,
-                   sliding_window: bool = False) -> Iterator[list[TokenEvent] | list[Generation]]:
+                   sliding_window: bool = False, logits_processors=None,
+                   hooks: Sequence[RowHook | None] | None = None
+                   ) -> Iterator[list[TokenEvent] | list[Generation]]:
     """The engine. Yields, after every step, the list of TokenEvents of the rows that took a token; when
     every row has finished it returns (StopIteration.value) the list of :class:`Generation` in prompt order.
+
+    Before each step's sampling, ``logits_processors`` (callables ``(token_ids, logits) -> logits``: the
+    row's prompt and tokens so far, its (V,) logits; mlx-lm's and Hugging Face's convention) run in order on
+    every row, then the row's :class:`RowHook` (``hooks``: one or None per prompt) masks them; the compiled
+    sampler chain follows. Without either, a step runs no Python per row.
 
     With the cache: every prompt is prefilled into its own cache row, then each step decodes one token for
     every live row in one batched call; finished rows leave the batch at once. Without it, each step re-runs
@@ -107,7 +147,12 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
     eos = check_eos(eos_token_id, c.vocab_size)
     stops = check_stop_sequences(stop_sequences, c.vocab_size)
+    processors = check_logits_processors(logits_processors)
     B, W = len(prompts), c.max_seq_len
+    hooks = list(hooks) if hooks is not None else [None] * B
+    if len(hooks) != B:
+        raise FastLMValueError(f"hooks holds {len(hooks)} entries for {B} prompts")
+    per_row = bool(processors) or any(h is not None for h in hooks)      # Python per row and step, or none
     uniforms = row_uniforms(seed, B, max_new_tokens)
     new_tokens: list[list[int]] = [[] for _ in range(B)]
     logprobs: list[list[float]] = [[] for _ in range(B)]
@@ -124,6 +169,11 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
     logits = source.start()
     for step in range(max_new_tokens):
         n = rows.active
+        for slot in range(n) if per_row else ():
+            row_tokens, hook = rows.history[slot, :rows.lengths[slot]], hooks[rows.request[slot]]
+            _apply_processors(processors, row_tokens, logits[slot])
+            if hook is not None:
+                hook.mask(row_tokens, logits[slot])
         out = sampler(logits[:n], uniforms[rows.request[:n], step], rows.history[:n], rows.lengths[:n])
         events, finished = [], []
         for slot in range(n):
@@ -136,8 +186,9 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
             if out.top_ids is not None:
                 top[b].append(list(zip(out.top_ids[slot].tolist(), out.top_logprobs[slot].tolist())))
             reason = _finish_reason(new_tokens[b], eos, stops, max_new_tokens,
-                                    int(rows.lengths[slot]) >= W and not sliding_window)
-            events.append(TokenEvent(b, token, logprobs[b][-1] if logprobs[b] else None, reason))
+                                    int(rows.lengths[slot]) >= W and not sliding_window, hooks[b])
+            events.append(TokenEvent(b, token, logprobs[b][-1] if logprobs[b] else None, reason,
+                                     top[b][-1] if top[b] else None))
             if reason:
                 results[b] = Generation(prompts[b], np.array(new_tokens[b], np.int64), reason,
                                         np.array(logprobs[b]) if out.logprobs is not None else None,
@@ -157,12 +208,14 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
 
 
 def _finish_reason(tokens: list[int], eos: frozenset[int], stops: list[np.ndarray], max_new_tokens: int,
-                   at_max_len: bool) -> str | None:
+                   at_max_len: bool, hook: RowHook | None) -> str | None:
     if tokens[-1] in eos:
         return "eos"
     for seq in stops:
         if len(tokens) >= len(seq) and tokens[-len(seq):] == seq.tolist():
             return "stop"
+    if hook is not None and hook.stop(tokens[-1]):
+        return "stop"
     if len(tokens) >= max_new_tokens or at_max_len:
         return "length"
     return None
@@ -252,19 +305,14 @@ def generate(model: "CausalLM", prompt_tokens, max_new_tokens: int, temperature:
     return out
 
 
-def generate_batch(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
-                   seed=None, use_cache: bool = True, sliding_window: bool = False,
-                   sampler: Sampler | None = None, **sampling) -> list[Generation]:
+def generate_batch(model: "CausalLM", prompts, max_new_tokens: int, **options) -> list[Generation]:
     """Generate for a batch of prompts of any lengths (a list of id sequences, or a (B, L) array).
 
-    Returns one :class:`fastlm.generation.Generation` per prompt: its new tokens, why it stopped
-    (``"eos"``, ``"stop"`` for a stop sequence of token ids, ``"length"``) and, when requested with
-    ``logprobs=True`` / ``top_logprobs=n``, log-probabilities. ``sampler`` is a configured
-    :class:`fastlm.Sampler`; otherwise ``sampling`` holds its options (temperature, top_k, ...).
-    ``seed``: one integer for every row, one per row, or None.
+    Returns one :class:`Generation` per prompt: its new tokens, why it stopped (``"eos"``, ``"stop"`` for a
+    stop sequence of token ids or a hook, ``"length"``) and, when requested with ``logprobs=True`` /
+    ``top_logprobs=n``, log-probabilities. Takes the options of :func:`stream_steps`.
     """
-    steps = _steps(model, prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
-                   sliding_window, sampler, sampling)
+    steps = stream_steps(model, prompts, max_new_tokens, **options)
     while True:
         try:
             next(steps)
@@ -272,22 +320,23 @@ def generate_batch(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token
             return done.value
 
 
-def stream(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
-           seed=None, use_cache: bool = True, sliding_window: bool = False, sampler: Sampler | None = None,
-           **sampling) -> Iterator[TokenEvent]:
+def stream(model: "CausalLM", prompts, max_new_tokens: int, **options) -> Iterator[TokenEvent]:
     """Like :func:`generate_batch`, but yields each new token as a :class:`TokenEvent` as soon as it is
     sampled (rows of one step in slot order; ``finish_reason`` set on a row's last token)."""
-    for events in _steps(model, prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
-                         sliding_window, sampler, sampling):
+    for events in stream_steps(model, prompts, max_new_tokens, **options):
         yield from events
 
 
-def _steps(model: "CausalLM", prompts, max_new_tokens, eos_token_id, stop_sequences, seed, use_cache,
-           sliding_window, sampler, sampling):
+def stream_steps(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
+                 seed=None, use_cache: bool = True, sliding_window: bool = False, sampler: Sampler | None = None,
+                 logits_processors=None, hooks=None, **sampling):
+    """:func:`generate_steps` with its sampler made from options: ``sampler`` is a configured
+    :class:`fastlm.Sampler`; otherwise ``sampling`` holds its options (temperature, top_k, ...). ``seed``:
+    one integer for every row, one per row, or None."""
     if sampler is None:
         sampler = Sampler(**sampling)
     elif sampling:
         raise FastLMValueError(f"pass either a sampler or sampling options, not both: {sorted(sampling)}")
     return generate_steps(model, prompts, max_new_tokens, sampler, eos_token_id=eos_token_id,
                           stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
-                          sliding_window=sliding_window)
+                          sliding_window=sliding_window, logits_processors=logits_processors, hooks=hooks)

@@ -149,6 +149,16 @@ class Tokenizer:
         self.eos_token_ids = frozenset({*end_of_turn_ids, *(() if eos_token_id is None else (eos_token_id,))})
         self.chat_template = chat_template
 
+    @property
+    def token_bytes(self) -> Sequence[bytes]:
+        """The bytes each token id stands for (a special token: its text)."""
+        return self._pieces
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Control tokens (BOS, end-of-turn, ...), which decode to nothing with skip_special_tokens."""
+        return self._special_ids
+
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
