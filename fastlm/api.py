@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ import numpy as np
 from . import generation, structured
 from .config import ModelConfig
 from .errors import FastLMError, FastLMTypeError, FastLMValueError
-from .generation import check_stop_sequences
+from .generation import PromptCache, check_stop_sequences
 from .model import CausalLM
 from .text import Clock, GenerationResult, StreamPiece, TextRow, Usage, check_stop
 from .tokenizer import Tokenizer
@@ -122,7 +123,12 @@ class LanguageModel:
             except StopIteration as done:
                 return done.value
 
-    def _steps(self, prompts: list[list[int]], max_new_tokens: int, options: dict, caller: str):
+    def chat_session(self, system: str | None = None, max_len: int | None = None) -> "ChatSession":
+        """A conversation that keeps its KV cache between turns (see :class:`ChatSession`)."""
+        return ChatSession(self, system, max_len)
+
+    def _steps(self, prompts: list[list[int]], max_new_tokens: int, options: dict, caller: str,
+               prompt_cache: PromptCache | None = None):
         """Yields each step's pieces (those of a one-prompt call: that row's); returns the results."""
         options = self._check_options(options, caller)
         V = self.model.vocab_size
@@ -133,7 +139,8 @@ class LanguageModel:
         rows = [TextRow(self.tokenizer, p, stops, sequences,
                         structured.GrammarRow(self.tokenizer, V, grammar) if grammar else None) for p in prompts]
         clock = Clock()
-        engine = generation.stream_steps(self.model, prompts, max_new_tokens, hooks=rows, **options)
+        engine = generation.stream_steps(self.model, prompts, max_new_tokens, hooks=rows,
+                                         prompt_cache=prompt_cache, **options)
         while True:
             try:
                 events = next(engine)
@@ -159,7 +166,8 @@ class LanguageModel:
                 tops = gen.top_logprobs or [None] * len(gen.tokens)
                 logprobs = [row.logprob(int(t), float(lp), top) for t, lp, top in zip(gen.tokens, gen.logprobs, tops)]
             results.append(GenerationResult(row.text, gen.tokens.tolist(), gen.finish_reason,
-                                            Usage(len(prompt), len(gen.tokens)), timings, logprobs))
+                                            Usage(len(prompt), len(gen.tokens)), timings, logprobs,
+                                            prompt_cache.reused if prompt_cache else 0))
         if len(prompts) == 1:             # the stream's last piece carries the totals
             yield [StreamPiece(row.release(), [], None, results[0].finish_reason, results[0].usage, timings)]
         return results
@@ -172,6 +180,79 @@ class LanguageModel:
                                   f"{', '.join(sorted(_TEXT_KEYWORDS))}")
         defaults = {} if "sampler" in options else TEXT_DEFAULTS      # a configured Sampler brings its own
         return {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
+
+
+class ChatSession:
+    """A conversation with a prompt cache: each turn renders the whole history with the chat template,
+    reuses the KV of the longest token prefix it shares with what the cache holds, and prefills only the
+    rest, so a turn costs its new tokens, not the history. The replies equal those of fresh
+    :meth:`LanguageModel.chat` calls on the same history (with the same options and seeds).
+
+    ``send`` / ``stream`` take :meth:`LanguageModel.chat`'s options; ``messages`` is the history; ``save``
+    and :meth:`load` keep a session (messages and cache) in a file.
+    """
+
+    def __init__(self, lm: LanguageModel, system: str | None = None, max_len: int | None = None):
+        self.lm = lm
+        self.system = system
+        self.cache = PromptCache(lm.model, max_len)
+        self.messages: list[dict] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (the cache's storage is kept)."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.cache.tokens = self.cache.tokens[:0]
+
+    def send(self, text: str, max_new_tokens: int = 256, **options) -> GenerationResult:
+        """The assistant's reply to the user's ``text``; both join the history."""
+        for _ in self._turn(text, max_new_tokens, options, "send"):
+            pass
+        return self._result
+
+    def stream(self, text: str, max_new_tokens: int = 256, **options) -> Iterator[StreamPiece]:
+        """``send``, streamed; the reply joins the history once the stream is done."""
+        for pieces in self._turn(text, max_new_tokens, options, "stream"):
+            yield from pieces
+
+    def _turn(self, text: str, max_new_tokens: int, options: dict, caller: str):
+        history = [*self.messages, {"role": "user", "content": _check_text(text)}]
+        steps = self.lm._steps([self.lm.chat_prompt(history)], max_new_tokens, options, caller, self.cache)
+        while True:
+            try:
+                yield next(steps)
+            except StopIteration as done:
+                self._result = done.value[0]
+                break
+        self.messages = [*history, {"role": "assistant", "content": self._result.text}]
+
+    def save(self, path) -> None:
+        """Write the messages and the cached positions to ``path`` (NumPy .npz)."""
+        n = len(self.cache.tokens)
+        with open(path, "wb") as f:
+            np.savez(f, tokens=self.cache.tokens, k=self.cache.kv.k[:, :, :, :n], v=self.cache.kv.v[:, :, :, :n],
+                     messages=json.dumps(self.messages), system=json.dumps(self.system),
+                     model=repr(self.lm.config))
+
+    @classmethod
+    def load(cls, lm: LanguageModel, path, max_len: int | None = None) -> "ChatSession":
+        """A session saved by :meth:`save`, for the same model."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                saved = {name: f[name] for name in ("tokens", "k", "v", "messages", "system", "model")}
+        except (OSError, ValueError, KeyError) as e:
+            raise FastLMValueError(f"{path}: not a saved chat session: {e}") from None
+        if str(saved["model"]) != repr(lm.config):
+            raise FastLMValueError(f"{path}: the session was saved with another model")
+        session = cls(lm, json.loads(str(saved["system"])), max_len)
+        n = len(saved["tokens"])
+        if n > session.cache.max_len or saved["k"].shape != session.cache.kv.k[:, :, :, :n].shape:
+            raise FastLMValueError(f"{path}: its {n} cached positions do not fit this session")
+        session.cache.kv.k[:, :, :, :n], session.cache.kv.v[:, :, :, :n] = saved["k"], saved["v"]
+        session.cache.kv.lengths[0] = n
+        session.cache.tokens = saved["tokens"].astype(np.int64)
+        session.messages = json.loads(str(saved["messages"]))
+        return session
 
 
 def _check_text(text) -> str:

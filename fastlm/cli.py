@@ -2,82 +2,164 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .api import DEFAULT_MODEL, TEXT_DEFAULTS, LanguageModel, load, resolve
 from .errors import FastLMError
+from .structured import grammar_text
+from .text import check_stop
+
+
+def _at_least(low: int, kind=int):
+    """An argparse type: a number >= low (argparse names the option in its message)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                        help=f"GGUF file, Hugging Face directory or {DEFAULT_MODEL}")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    _model_option(parser)
+    parser.add_argument("-t", "--threads", type=_at_least(1), default=None, help="threads (default: the cores)")
+    parser.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
+
+
+# Each sampling flag and the Sampler option it sets: errors from the sampler are reported in the flag's name.
+_SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+                   "repetition_penalty": "--repeat-penalty", "frequency_penalty": "--frequency-penalty",
+                   "presence_penalty": "--presence-penalty", "penalty_last_n": "--repeat-last-n"}
 
 
 def _sampling_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling")
-    g.add_argument("-n", "--max-new-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
-    g.add_argument("--temperature", type=float, default=TEXT_DEFAULTS["temperature"], help="0 means greedy")
-    g.add_argument("--top-k", type=int, default=TEXT_DEFAULTS["top_k"], help="0 turns it off")
-    g.add_argument("--top-p", type=float, default=TEXT_DEFAULTS["top_p"], help="1 turns it off")
-    g.add_argument("--min-p", type=float, default=TEXT_DEFAULTS["min_p"], help="0 turns it off")
-    g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (1 turns it off)")
-    g.add_argument("--frequency-penalty", type=float, default=0.0)
-    g.add_argument("--presence-penalty", type=float, default=0.0)
-    g.add_argument("--repeat-last-n", type=int, default=64, help="penalty window in tokens (-1: all)")
-    g.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    g.add_argument("-n", "--max-new-tokens", type=_at_least(0), default=256, help="tokens to generate at most (default %(default)s)")
+    g.add_argument("--temperature", type=float, default=TEXT_DEFAULTS["temperature"], help="0 means greedy (default %(default)s)")
+    g.add_argument("--top-k", type=int, default=TEXT_DEFAULTS["top_k"], help="0 turns it off (default %(default)s)")
+    g.add_argument("--top-p", type=float, default=TEXT_DEFAULTS["top_p"], help="1 turns it off (default %(default)s)")
+    g.add_argument("--min-p", type=float, default=TEXT_DEFAULTS["min_p"], help="0 turns it off (default %(default)s)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty, 1 turns it off (default %(default)s)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="per occurrence in the window (default %(default)s)")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="once per token in the window (default %(default)s)")
+    g.add_argument("--repeat-last-n", type=int, default=64, help="penalty window in tokens, -1: all (default %(default)s)")
+    g.add_argument("--seed", type=_at_least(0), default=None, help="makes sampling reproducible")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end the text before this string (repeatable)")
+    g = parser.add_argument_group("structured output (pip install 'fastlm[structured]')")
+    g.add_argument("--json-schema", type=Path, default=None, metavar="FILE", help="a JSON schema the output follows")
+    g.add_argument("--grammar", type=Path, default=None, metavar="FILE", help="a Lark or GBNF grammar")
+    g.add_argument("--regex", default=None, help="a regular expression the output matches")
 
 
-def _options(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repeat_penalty, frequency_penalty=args.frequency_penalty,
-                presence_penalty=args.presence_penalty, penalty_last_n=args.repeat_last_n, seed=args.seed)
+def _options(args, parser: argparse.ArgumentParser) -> dict:
+    """The text options of the sampling flags, checked before any model loads."""
+    from .validation import SamplerSettings
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    repetition_penalty=args.repeat_penalty, frequency_penalty=args.frequency_penalty,
+                    presence_penalty=args.presence_penalty, penalty_last_n=args.repeat_last_n)
+    try:
+        SamplerSettings(**sampling)
+        options = dict(sampling, seed=args.seed, stop=check_stop(args.stop) or None, regex=args.regex)
+        if args.json_schema is not None:
+            options["json_schema"] = json.loads(args.json_schema.read_text(encoding="utf-8"))
+        if args.grammar is not None:
+            options["grammar"] = args.grammar.read_text(encoding="utf-8")
+        grammar_text(options.get("json_schema"), options["regex"], options.get("grammar"))
+    except FastLMError as e:
+        message = str(e)
+        for name, flag in _SAMPLING_FLAGS.items():
+            message = message.replace(name, flag)
+        parser.error(message)
+    except (OSError, ValueError) as e:               # a missing or unreadable schema / grammar file
+        parser.error(str(e))
+    return options
 
 
-def _load(name: str, threads: int | None, dequantize: bool = False) -> LanguageModel:
-    if threads is not None:
+def _load(args) -> LanguageModel:
+    if args.threads is not None:
         from .runtime import set_num_threads
-        set_num_threads(threads)
-    return load(name, dequantize=dequantize, verbose=True)
+        set_num_threads(args.threads)
+    return load(args.model, dequantize=args.dequantize, verbose=True)
+
+
+def _prompt(text: str) -> str:
+    """The prompt argument; ``-`` reads it from standard input."""
+    return sys.stdin.read() if text == "-" else text
+
+
+def _print_timings(result) -> None:
+    t, u = result.timings, result.usage
+    print(f"fastlm: prompt {u.prompt_tokens} tokens, {t.prompt_tps:.1f} tok/s; generated {u.completion_tokens} "
+          f"tokens, {t.generation_tps:.1f} tok/s; first token after {t.time_to_first_token * 1000:.0f} ms; "
+          f"finish: {result.finish_reason}", file=sys.stderr)
 
 
 def cmd_generate(args) -> int:
-    lm = _load(args.model, args.threads, args.dequantize)
-    for piece in lm.stream(args.prompt, args.max_new_tokens, **_options(args)):
+    options = _options(args, args.parser)
+    prompt = _prompt(args.prompt)
+    lm = _load(args)
+    for piece in lm.stream(prompt, args.max_new_tokens, **options):
         sys.stdout.write(piece.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if args.verbose:
+        _print_timings(piece)
     return 0
 
 
 def cmd_chat(args) -> int:
-    lm = _load(args.model, args.threads, args.dequantize)
-    system = [{"role": "system", "content": args.system}] if args.system else []
-    history = list(system)
+    options = _options(args, args.parser)
+    lm = _load(args)
+    session = lm.chat_session(system=args.system)
     interactive = sys.stdin.isatty()
     if interactive:
-        print("fastlm chat: /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        print("fastlm chat: /reset clears the conversation, /exit (or Ctrl-D) quits; Ctrl-C stops an answer.",
+              file=sys.stderr)
     while True:
-        if interactive:
-            sys.stderr.write("> ")
-            sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line or line.strip() == "/exit":
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:                 # at the prompt: a fresh line, the session goes on
+            print(file=sys.stderr)
+            continue
+        if (not interactive and not line) or line.strip() == "/exit":
             return 0
         text = line.strip()
         if text == "/reset":
-            history = list(system)
+            session.reset()
             print("(conversation cleared)", file=sys.stderr)
             continue
         if not text:
             continue
-        history.append({"role": "user", "content": text})
-        reply = []
-        for piece in lm.chat_stream(history, args.max_new_tokens, **_options(args)):
-            reply.append(piece.text)
-            sys.stdout.write(piece.text)
-            sys.stdout.flush()
+        try:
+            for piece in session.stream(text, args.max_new_tokens, **options):
+                sys.stdout.write(piece.text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:                 # stops this answer; it is not kept in the history
+            sys.stdout.write(" (stopped)")
         sys.stdout.write("\n")
         sys.stdout.flush()
-        history.append({"role": "assistant", "content": "".join(reply)})
 
 
 def cmd_info(args) -> int:
@@ -217,7 +299,7 @@ def cmd_perplexity(args) -> int:
         text = Path(args.textfile).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise FastLMValueError(f"{args.textfile}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    lm = _load(args.model, args.threads, args.dequantize)
+    lm = _load(args)
     tok = lm.tokenizer
     # Like llama.cpp: when the vocabulary adds a BOS token, each chunk starts with BOS in place of its first token.
     bos = tok.bos_token_id
@@ -236,32 +318,32 @@ def cmd_perplexity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastlm", description="Run Llama-family language models on the CPU.")
+    parser = argparse.ArgumentParser(prog="fastlm", description="Run decoder-only language models (Llama, Mistral, "
+                                     "Qwen, Phi, Gemma) on the CPU.")
+    parser.add_argument("--version", action="version", version=f"fastlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("generate", help="continue a prompt, streaming to stdout")
-    p.add_argument("prompt")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"GGUF file, HF directory or {DEFAULT_MODEL}")
-    p.add_argument("--threads", "-t", type=int, default=None)
-    p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
+    p.add_argument("prompt", help="the text to continue; - reads it from standard input")
+    _run_options(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="print the timings to stderr")
     _sampling_options(p)
-    p.set_defaults(run=cmd_generate)
+    p.set_defaults(run=cmd_generate, parser=p)
 
-    p = sub.add_parser("chat", help="talk with the model (keeps history; /reset, /exit)")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"GGUF file, HF directory or {DEFAULT_MODEL}")
+    p = sub.add_parser("chat", help="talk with the model (keeps history and its cache; /reset, /exit)")
+    _run_options(p)
     p.add_argument("--system", default=None, help="a system message to start the conversation with")
-    p.add_argument("--threads", "-t", type=int, default=None)
-    p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
     _sampling_options(p)
-    p.set_defaults(run=cmd_chat)
+    p.set_defaults(run=cmd_chat, parser=p)
 
     p = sub.add_parser("info", help="architecture, component choices, parameter count, tensor types and file "
                                     "size, from the header alone")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    _model_option(p)
+    p.add_argument("path", nargs="?", default=None, help="the model, as -m gives it")
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("tokenize", help="print the token ids of a text")
-    p.add_argument("model")
+    _model_option(p)
     p.add_argument("text")
     p.add_argument("--add-special-tokens", action="store_true", help="add BOS/EOS as the model asks")
     p.set_defaults(run=cmd_tokenize)
@@ -299,8 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "path", None) is not None:          # info's model may also come positionally
+        args.model = args.path
     try:
         return args.run(args)
+    except BrokenPipeError:                # the reader went away (| head): stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except (FastLMError, OSError) as error:
         print(f"fastlm: error: {error}", file=sys.stderr)
         return 1

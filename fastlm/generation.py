@@ -47,6 +47,32 @@ class RowHook:
         return False
 
 
+class PromptCache:
+    """The KV cache of one conversation kept between calls: ``tokens`` are the positions it holds. A call
+    given it reuses the longest common prefix of those tokens and its prompt and prefills only the rest
+    (:class:`fastlm.api.ChatSession`)."""
+
+    def __init__(self, model: "CausalLM", max_len: int | None = None):
+        self.kv = model.new_cache(1, max_len)
+        self.tokens = np.empty(0, np.int64)
+        self.reused = 0                          # positions the last call took from the cache
+
+    @property
+    def max_len(self) -> int:
+        return self.kv.max_len
+
+    def reuse(self, prompt: np.ndarray) -> int:
+        """Keep the positions shared with ``prompt`` (at least its last token is left to compute, for its
+        logits) and return how many."""
+        n = min(len(self.tokens), len(prompt) - 1)
+        same = np.flatnonzero(self.tokens[:n] != prompt[:n])
+        common = int(same[0]) if same.size else n
+        self.kv.lengths[0] = common
+        self.tokens = self.tokens[:common]
+        self.reused = common
+        return common
+
+
 def check_logits_processors(processors) -> list:
     """None or a sequence of callables ``(token_ids, logits) -> logits``."""
     if processors is None:
@@ -126,7 +152,7 @@ class _Rows:
 def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, eos_token_id=None,
                    stop_sequences=None, seed=None, use_cache: bool = True,
                    sliding_window: bool = False, logits_processors=None,
-                   hooks: Sequence[RowHook | None] | None = None
+                   hooks: Sequence[RowHook | None] | None = None, prompt_cache: PromptCache | None = None
                    ) -> Iterator[list[TokenEvent] | list[Generation]]:
     """The engine. Yields, after every step, the list of TokenEvents of the rows that took a token; when
     every row has finished it returns (StopIteration.value) the list of :class:`Generation` in prompt order.
@@ -134,7 +160,8 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
     Before each step's sampling, ``logits_processors`` (callables ``(token_ids, logits) -> logits``: the
     row's prompt and tokens so far, its (V,) logits; mlx-lm's and Hugging Face's convention) run in order on
     every row, then the row's :class:`RowHook` (``hooks``: one or None per prompt) masks them; the compiled
-    sampler chain follows. Without either, a step runs no Python per row.
+    sampler chain follows. Without either, a step runs no Python per row. ``prompt_cache`` (one prompt):
+    keep the KV cache between calls, prefilling only what the prompt does not share with it.
 
     With the cache: every prompt is prefilled into its own cache row, then each step decodes one token for
     every live row in one batched call; finished rows leave the batch at once. Without it, each step re-runs
@@ -165,7 +192,14 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
     if not live:
         return results
     rows = _Rows([prompts[b] for b in live], live, max_new_tokens)
-    source = (_CachedLogits if use_cache else _NaiveLogits)(model, rows, W, sliding_window)
+    if prompt_cache is not None:
+        if not isinstance(prompt_cache, PromptCache) or B != 1 or not use_cache or sliding_window:
+            raise FastLMValueError("a prompt_cache serves one prompt, with the cache and no sliding window")
+        W = min(W, prompt_cache.max_len)
+        if len(prompts[0]) + max_new_tokens > W:
+            raise FastLMValueError(f"the prompt ({len(prompts[0])} tokens) and {max_new_tokens} new tokens exceed "
+                                   f"the prompt cache's {W} positions")
+    source = (_CachedLogits if use_cache else _NaiveLogits)(model, rows, W, sliding_window, prompt_cache)
     logits = source.start()
     for step in range(max_new_tokens):
         n = rows.active
@@ -204,6 +238,8 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
         if rows.active == 0:
             break
         logits = source.step()
+    if prompt_cache is not None:                 # the positions it now holds: all fed tokens
+        prompt_cache.tokens = rows.history[0, :int(prompt_cache.kv.lengths[0])].copy()
     return results
 
 
@@ -224,23 +260,28 @@ def _finish_reason(tokens: list[int], eos: frozenset[int], stops: list[np.ndarra
 class _CachedLogits:
     """Next-token logits from a KV cache: prompts prefilled once, then one batched decode per step."""
 
-    def __init__(self, model: "CausalLM", rows: _Rows, window: int, sliding: bool):
+    def __init__(self, model: "CausalLM", rows: _Rows, window: int, sliding: bool,
+                 prompt_cache: PromptCache | None = None):
         self.model, self.rows, self.window, self.sliding = model, rows, window, sliding
+        self.prompt_cache = prompt_cache
         B = len(rows.request)
-        self.cache = model.new_cache(B, min(window, rows.history.shape[1]))
-        self.workspace = model.new_workspace(max(B, model.prefill_chunk))
+        self.cache = prompt_cache.kv if prompt_cache else model.new_cache(B, min(window, rows.history.shape[1]))
+        self.workspace = model.new_workspace(max(B, model.prefill_chunk), self.cache.max_len)
         self.logits = np.empty((B, model.vocab_size), model.dtype)
 
-    def _encode(self, slot: int, tokens: np.ndarray) -> None:
-        """Re-encode a row from position 0 with its last tokens (the prompt, or a slid window)."""
-        self.cache.lengths[slot] = 0
-        if len(tokens):
-            self.model.prefill(tokens[None], self.cache, slot, self.workspace, self.logits[slot:slot + 1])
+    def _encode(self, slot: int, tokens: np.ndarray, start: int = 0) -> None:
+        """Encode a row's tokens from position ``start`` on (0: the prompt, or a slid window; a prompt
+        cache's common prefix already holds the positions before it)."""
+        self.cache.lengths[slot] = start
+        if len(tokens) > start:
+            self.model.prefill(tokens[None, start:], self.cache, slot, self.workspace,
+                               self.logits[slot:slot + 1])
 
     def start(self) -> np.ndarray:
         for slot in range(self.rows.active):
             n = int(self.rows.lengths[slot])
-            self._encode(slot, self.rows.history[slot, max(0, n - self.window):n])
+            tokens = self.rows.history[slot, max(0, n - self.window):n]
+            self._encode(slot, tokens, self.prompt_cache.reuse(tokens) if self.prompt_cache else 0)
         return self.logits
 
     def step(self) -> np.ndarray:
@@ -261,7 +302,7 @@ class _CachedLogits:
 class _NaiveLogits:
     """Next-token logits by re-running each live row's whole sequence (or its last window) every step."""
 
-    def __init__(self, model: "CausalLM", rows: _Rows, window: int, sliding: bool):
+    def __init__(self, model: "CausalLM", rows: _Rows, window: int, sliding: bool, prompt_cache=None):
         self.model, self.rows, self.window = model, rows, window
         self.logits = np.empty((len(rows.request), model.vocab_size), model.dtype)
 
@@ -329,7 +370,7 @@ def stream(model: "CausalLM", prompts, max_new_tokens: int, **options) -> Iterat
 
 def stream_steps(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_id=None, stop_sequences=None,
                  seed=None, use_cache: bool = True, sliding_window: bool = False, sampler: Sampler | None = None,
-                 logits_processors=None, hooks=None, **sampling):
+                 logits_processors=None, hooks=None, prompt_cache: PromptCache | None = None, **sampling):
     """:func:`generate_steps` with its sampler made from options: ``sampler`` is a configured
     :class:`fastlm.Sampler`; otherwise ``sampling`` holds its options (temperature, top_k, ...). ``seed``:
     one integer for every row, one per row, or None."""
@@ -339,4 +380,5 @@ def stream_steps(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_i
         raise FastLMValueError(f"pass either a sampler or sampling options, not both: {sorted(sampling)}")
     return generate_steps(model, prompts, max_new_tokens, sampler, eos_token_id=eos_token_id,
                           stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
-                          sliding_window=sliding_window, logits_processors=logits_processors, hooks=hooks)
+                          sliding_window=sliding_window, logits_processors=logits_processors, hooks=hooks,
+                          prompt_cache=prompt_cache)

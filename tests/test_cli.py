@@ -51,7 +51,7 @@ def test_info(capsys, smollm2_gguf_path):
 
 def test_tokenize(capsys, smollm2_gguf_path):
     case = GOLDEN["tokenizer"][0]
-    code, out, _ = run(capsys, "tokenize", smollm2_gguf_path, case["text"])
+    code, out, _ = run(capsys, "tokenize", "-m", smollm2_gguf_path, case["text"])
     assert code == 0
     assert [int(line.split()[0]) for line in out.splitlines()] == case["ids"]
 
@@ -88,9 +88,24 @@ def test_user_mistakes_give_one_line_and_a_nonzero_exit(capsys, argv):
     assert err.startswith("fastlm: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_bad_option_values(capsys, smollm2_gguf_path):
-    code, _, err = run(capsys, "generate", "-m", smollm2_gguf_path, "--top-p", 2, "hi")
-    assert code == 1 and "top_p" in err
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--top-p", 2, "hi"], "--top-p must lie in"),
+    (["generate", "-t", 0, "hi"], "argument -t/--threads: must be >= 1"),
+    (["generate", "-n", -1, "hi"], "argument -n/--max-new-tokens: must be >= 0"),
+    (["chat", "--temperature", -1], "--temperature must be"),
+    (["generate", "--stop", "", "hi"], "stop strings must not be empty"),
+    (["generate", "--regex", "(", "hi"], "invalid regex"),
+    (["generate", "--json-schema", "/no/such/schema.json", "hi"], "No such file"),
+])
+def test_bad_option_values_are_refused_before_the_model_loads(capsys, argv, message):
+    """In the command's own terms, and before loading: the model named here does not even exist."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in [*argv, "-m", "/no/such/model.gguf"]])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "loaded" not in err
+
+
+def test_bench_bad_option(capsys, smollm2_gguf_path):
     code, _, err = run(capsys, "bench", smollm2_gguf_path, "-p", 0, "-n", 1)
     assert code == 1 and "error" in err
 
@@ -178,3 +193,62 @@ def test_help_of_the_new_commands(command):
     result = subprocess.run([sys.executable, "-m", "fastlm", command, "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and f"usage: fastlm {command}" in result.stdout
+
+
+# ------------------------------------------------------------------------------ the command line a person expects
+
+TINY = str(__import__("pathlib").Path(__file__).parent / "data" / "archs" / "qwen2" / "model.gguf")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"fastlm {__import__('fastlm').__version__}"
+
+
+def test_prompt_from_stdin_and_verbose_timings(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Once upon a time"))
+    code, out, err = run(capsys, "generate", "-m", TINY, "-", "-n", 6, "--temperature", 0, "-v")
+    direct = run(capsys, "generate", "-m", TINY, "Once upon a time", "-n", 6, "--temperature", 0)[1]
+    assert code == 0 and out == direct
+    assert "tok/s" in err and "first token after" in err and "finish: length" in err
+
+
+def test_structured_output_and_stop_flags(capsys, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], '
+                      '"additionalProperties": false}')
+    code, out, _ = run(capsys, "generate", "-m", TINY, "x", "-n", 60, "--json-schema", schema, "--seed", 1)
+    assert code == 0 and isinstance(__import__("json").loads(out)["n"], int)
+    grammar = tmp_path / "g.lark"
+    grammar.write_text('start: "yes" | "no"')
+    code, out, _ = run(capsys, "generate", "-m", TINY, "x", "-n", 5, "--grammar", grammar, "--seed", 1)
+    assert code == 0 and out.strip() in ("yes", "no")
+    code, out, _ = run(capsys, "generate", "-m", TINY, "x", "-n", 40, "--seed", 2, "--stop", "e", "--stop", "a")
+    assert code == 0 and "e" not in out and "a" not in out
+
+
+def test_a_closed_pipe_exits_quietly():
+    """`fastlm generate ... | head -c 1`: no BrokenPipeError traceback, a clean exit."""
+    command = f"{sys.executable} -m fastlm generate -m {TINY} Hello -n 200 --seed 0 | head -c 1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert done.returncode == 0, done.stderr
+
+
+def test_chat_uses_a_session(capsys, monkeypatch):
+    """The REPL keeps its cache between turns; its replies are those of fresh chat calls on the history."""
+    import fastlm
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\nHow are you?\n/exit\n"))
+    code, out, _ = run(capsys, "chat", "-m", TINY, "-n", 8, "--temperature", 0)
+    lm = fastlm.load(TINY)
+    first = lm.chat([{"role": "user", "content": "Hi"}], 8, temperature=0).text
+    second = lm.chat([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": first},
+                      {"role": "user", "content": "How are you?"}], 8, temperature=0).text
+    assert code == 0 and out == f"{first}\n{second}\n"
+
+
+def test_info_and_tokenize_take_the_model_like_every_command(capsys):
+    assert run(capsys, "info", "-m", TINY)[1] == run(capsys, "info", TINY)[1]
+    code, out, _ = run(capsys, "tokenize", "-m", TINY, "Hello")
+    assert code == 0 and out.split()[0].isdigit()

@@ -185,3 +185,41 @@ def test_w_out_is_the_textbook_output_projection():
     assert model.W_out.shape == (16, 50) and np.shares_memory(model.W_out, model.embedding)
     ref = fastlm.reference.CausalLM.from_config(config, seed=0)
     np.testing.assert_allclose(model.W_out, ref.W_out, rtol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- chat sessions
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_session_reuses_its_cache_and_equals_fresh_calls(dtype):
+    lm = fastlm.load(ARCHS / "llama" / "model.gguf", dtype=dtype)
+    session = lm.chat_session(system="Be brief.")
+    history = [{"role": "system", "content": "Be brief."}]
+    for turn, question in enumerate(["Hello there", "What is two plus two?", "And three?"]):
+        reply = session.send(question, 16, seed=turn)
+        history.append({"role": "user", "content": question})
+        fresh = lm.chat(history, 16, seed=turn)
+        assert (reply.text, reply.token_ids) == (fresh.text, fresh.token_ids)
+        assert (reply.cached_tokens > 0) == (turn > 0)              # later turns prefill only their new tokens
+        history.append({"role": "assistant", "content": reply.text})
+        assert session.messages == history
+    streamed = "".join(p.text for p in session.stream("Bye", 8, seed=9))
+    assert session.messages[-1] == {"role": "assistant", "content": streamed}
+
+
+def test_a_session_saves_and_loads(tmp_path):
+    lm = fastlm.load(ARCHS / "qwen3" / "model.gguf")
+    session = lm.chat_session()
+    session.send("Hello", 12, seed=1)
+    session.save(tmp_path / "s.npz")
+    restored = fastlm.api.ChatSession.load(lm, tmp_path / "s.npz")
+    assert restored.messages == session.messages
+    a, b = session.send("More", 10, seed=2), restored.send("More", 10, seed=2)
+    assert a.token_ids == b.token_ids and a.cached_tokens == b.cached_tokens > 0
+    other = fastlm.load(ARCHS / "qwen2" / "model.gguf")
+    with pytest.raises(ValueError, match="another model"):
+        fastlm.api.ChatSession.load(other, tmp_path / "s.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a session")
+    with pytest.raises(ValueError, match="not a saved chat session"):
+        fastlm.api.ChatSession.load(lm, tmp_path / "bad.npz")
+    session.reset()
+    assert session.messages == [] and session.send("Hello", 12, seed=1).cached_tokens == 0
