@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_tokenize)
 
     p = sub.add_parser("bench", help="prompt (pp) and generation (tg) tokens/s, like llama-bench")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    _model_option(p)
+    p.add_argument("path", nargs="?", default=None, help="the model, as -m gives it")
     p.add_argument("-p", type=int, default=128, help="prompt tokens (default 128)")
     p.add_argument("-n", type=int, default=128, help="generated tokens (default 128)")
     p.add_argument("-t", "--threads", type=int, default=None)
@@ -368,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_quantize)
 
     p = sub.add_parser("perplexity", help="perplexity over a text file, like llama-perplexity")
-    p.add_argument("model", help=f"GGUF file, HF directory or {DEFAULT_MODEL}")
-    p.add_argument("textfile", help="UTF-8 text file")
+    _model_option(p)
+    p.add_argument("files", nargs="+", metavar="[MODEL] TEXTFILE", help="UTF-8 text file (after the model, "
+                   "if -m does not give it)")
     p.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (default 512); the second "
                    "half of each chunk is scored")
     p.add_argument("-t", "--threads", type=int, default=None)
@@ -381,8 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "path", None) is not None:          # info's model may also come positionally
+    if getattr(args, "path", None) is not None:          # the model may also come positionally
         args.model = args.path
+    if args.command == "perplexity":
+        if len(args.files) > 2:
+            parser.error("perplexity takes [MODEL] TEXTFILE")
+        *model, args.textfile = args.files
+        args.model = model[0] if model else args.model
     try:
         return args.run(args)
     except BrokenPipeError:                # the reader went away (| head): stop quietly
