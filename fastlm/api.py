@@ -86,6 +86,13 @@ class LanguageModel:
             raise FastLMTypeError("prompts must be a non-empty list of strings")
         return self._run([self.encode(_check_text(p)) for p in prompts], max_new_tokens, options, "generate_batch")
 
+    def generate_batch_ids(self, prompts: list[list[int]], max_new_tokens: int = 256,
+                           **options) -> list[GenerationResult]:
+        """:meth:`generate_batch` for prompts given as token ids."""
+        if not prompts:
+            raise FastLMTypeError("prompts must be a non-empty list of token-id lists")
+        return self._run([list(p) for p in prompts], max_new_tokens, options, "generate_batch")
+
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, **options) -> GenerationResult:
         """The continuation of a prompt given as token ids."""
         return self._run([prompt_ids], max_new_tokens, options, "generate")[0]

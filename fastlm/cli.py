@@ -1,4 +1,4 @@
-"""The ``fastlm`` command: generate, chat, info, tokenize, bench, quantize, perplexity."""
+"""The ``fastlm`` command: generate, chat, batch, info, tokenize, bench, quantize, perplexity."""
 from __future__ import annotations
 
 import argparse
@@ -160,6 +160,22 @@ def cmd_chat(args) -> int:
             sys.stdout.write(" (stopped)")
         sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+def cmd_batch(args) -> int:
+    from .batch import run_file
+    if not args.input.is_file():
+        raise FastLMError(f"{args.input}: no such input file")
+    if args.ray is None and args.threads is not None:
+        from .runtime import set_num_threads
+        set_num_threads(args.threads)
+    model = resolve(args.model)
+    counts = run_file(model, args.input, args.output, ray_address=args.ray, actors=args.actors,
+                      threads_per_actor=args.threads_per_actor, batch_size=args.batch_size,
+                      progress=not args.quiet)
+    print(f"fastlm batch: {counts['done']} lines done, {counts['skipped']} already there, {counts['failed']} "
+          f"failed -> {args.output}", file=sys.stderr)
+    return 0
 
 
 def cmd_info(args) -> int:
@@ -347,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--add-special-tokens", action="store_true", help="add BOS/EOS as the model asks")
     p.set_defaults(run=cmd_tokenize)
+
+    p = sub.add_parser("batch", help="generate for every line of a JSONL file into another (resumable; Ray "
+                                     "with --ray)")
+    _model_option(p)
+    p.add_argument("input", type=Path, help="JSON lines: id, prompt or messages, per-line options")
+    p.add_argument("-o", "--output", type=Path, required=True, help="JSON lines out (resumed if it exists)")
+    p.add_argument("-t", "--threads", type=_at_least(1), default=None, help="threads, in this process")
+    p.add_argument("--batch-size", type=_at_least(1), default=16, help="rows per batch (default %(default)s)")
+    p.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                   help="run on Ray: start a local cluster, or join one (pip install 'fastlm[ray]')")
+    p.add_argument("--actors", type=_at_least(1), default=1, help="Ray actors (default %(default)s)")
+    p.add_argument("--threads-per-actor", type=_at_least(1), default=1, help="(default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_batch)
 
     p = sub.add_parser("bench", help="prompt (pp) and generation (tg) tokens/s, like llama-bench")
     _model_option(p)
