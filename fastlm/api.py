@@ -18,7 +18,8 @@ from .generation import PromptCache, check_stop_sequences
 from .model import CausalLM
 from .text import Clock, GenerationResult, StreamPiece, TextRow, Usage, check_stop
 from .tokenizer import Tokenizer
-from .validation import SamplerSettings
+from .sampling import Sampler
+from .validation import SamplerSettings, check_int
 from .weights import fetch_default_model, load_gguf, load_safetensors
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -137,14 +138,8 @@ class LanguageModel:
     def _steps(self, prompts: list[list[int]], max_new_tokens: int, options: dict, caller: str,
                prompt_cache: PromptCache | None = None):
         """Yields each step's pieces (those of a one-prompt call: that row's); returns the results."""
-        options = self._check_options(options, caller)
-        V = self.model.vocab_size
-        stops = check_stop(options.pop("stop", None))
-        sequences = [s.tolist() for s in check_stop_sequences(options.pop("stop_sequences", None), V)]
-        grammar = structured.grammar_text(options.pop("json_schema", None), options.pop("regex", None),
-                                          options.pop("grammar", None))
-        rows = [TextRow(self.tokenizer, p, stops, sequences,
-                        structured.GrammarRow(self.tokenizer, V, grammar) if grammar else None) for p in prompts]
+        options, text_row = self._text_rows(options, caller)
+        rows = [text_row(p) for p in prompts]
         clock = Clock()
         engine = generation.stream_steps(self.model, prompts, max_new_tokens, hooks=rows,
                                          prompt_cache=prompt_cache, **options)
@@ -155,29 +150,48 @@ class LanguageModel:
                 generations = done.value
                 break
             clock.mark()
-            pieces = []
-            for event in events:
-                row = rows[event.row]
-                if event.finish_reason not in (None, "stop"):
-                    row.finish()
-                lp = row.logprob(event.token, event.logprob, event.top_logprobs)
-                pieces.append(StreamPiece(row.release(), [event.token], None if lp is None else [lp],
-                                          event.finish_reason))
-            yield pieces
+            yield [_piece(rows[event.row], event) for event in events]
         timings = clock.timings(sum(map(len, prompts)), sum(len(g.tokens) for g in generations), len(prompts))
-        results = []
-        for prompt, row, gen in zip(prompts, rows, generations):
-            row.finish()
-            logprobs = None
-            if gen.logprobs is not None:
-                tops = gen.top_logprobs or [None] * len(gen.tokens)
-                logprobs = [row.logprob(int(t), float(lp), top) for t, lp, top in zip(gen.tokens, gen.logprobs, tops)]
-            results.append(GenerationResult(row.text, gen.tokens.tolist(), gen.finish_reason,
-                                            Usage(len(prompt), len(gen.tokens)), timings, logprobs,
-                                            prompt_cache.reused if prompt_cache else 0))
+        results = [_result(prompt, row, gen.tokens.tolist(), gen.finish_reason, gen.logprobs, gen.top_logprobs,
+                           timings, prompt_cache.reused if prompt_cache else 0)
+                   for prompt, row, gen in zip(prompts, rows, generations)]
         if len(prompts) == 1:             # the stream's last piece carries the totals
-            yield [StreamPiece(row.release(), [], None, results[0].finish_reason, results[0].usage, timings)]
+            yield [_last_piece(rows[0], results[0])]
         return results
+
+    def text_request(self, prompt_ids: list[int], max_new_tokens: int = 256, **options) -> "TextRequest":
+        """One prompt as a row for a :class:`~fastlm.generation.ContinuousBatch` (a server's engine):
+        ``generate``'s options but logits processors and prompt caches."""
+        if "logits_processors" in options:
+            raise FastLMTypeError("text_request() takes no logits_processors")
+        options, text_row = self._text_rows(options, "text_request")
+        seed, eos, sampler = options.pop("seed", None), options.pop("eos_token_id"), options.pop("sampler", None)
+        sampler = sampler if sampler is not None else Sampler(**options)
+        if isinstance(seed, (list, tuple)):
+            raise FastLMTypeError("text_request() takes one seed")
+        row = text_row(prompt_ids)
+        request = generation.Request(np.asarray(prompt_ids, np.int64), check_int("max_new_tokens", max_new_tokens, 1),
+                                     sampler, seed, generation.check_eos(eos, self.model.vocab_size), row)
+        return TextRequest(request, row)
+
+    def continuous_batch(self, slots: int, max_len: int | None = None) -> generation.ContinuousBatch:
+        """Rows that join and leave between steps, for :meth:`text_request` s (one thread owns it)."""
+        return generation.ContinuousBatch(self.model, slots, max_len)
+
+    def _text_rows(self, options: dict, caller: str):
+        """The engine's options, and a maker of each prompt's :class:`TextRow` (stop strings and sequences,
+        grammar) from the text-level ones."""
+        options = self._check_options(options, caller)
+        V = self.model.vocab_size
+        stops = check_stop(options.pop("stop", None))
+        sequences = [s.tolist() for s in check_stop_sequences(options.pop("stop_sequences", None), V)]
+        grammar = structured.grammar_text(options.pop("json_schema", None), options.pop("regex", None),
+                                          options.pop("grammar", None))
+
+        def text_row(prompt: list[int]) -> TextRow:
+            return TextRow(self.tokenizer, prompt, stops, sequences,
+                           structured.GrammarRow(self.tokenizer, V, grammar) if grammar else None)
+        return options, text_row
 
     def _check_options(self, options: dict, caller: str) -> dict:
         unknown = sorted(set(options) - _TEXT_KEYWORDS - _SAMPLER_KEYWORDS)
@@ -187,6 +201,60 @@ class LanguageModel:
                                   f"{', '.join(sorted(_TEXT_KEYWORDS))}")
         defaults = {} if "sampler" in options else TEXT_DEFAULTS      # a configured Sampler brings its own
         return {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
+
+
+def _piece(row: TextRow, event) -> StreamPiece:
+    """The text a token releases (a row that ended by itself gives up the text it held back)."""
+    if event.finish_reason not in (None, "stop"):
+        row.finish()
+    lp = row.logprob(event.token, event.logprob, event.top_logprobs)
+    return StreamPiece(row.release(), [event.token], None if lp is None else [lp], event.finish_reason)
+
+
+def _result(prompt, row: TextRow, tokens: list[int], finish_reason: str, logprobs, top, timings,
+            cached: int) -> GenerationResult:
+    row.finish()
+    entries = None
+    if logprobs is not None:
+        tops = top or [None] * len(tokens)
+        entries = [row.logprob(int(t), float(lp), tp) for t, lp, tp in zip(tokens, logprobs, tops)]
+    return GenerationResult(row.text, list(tokens), finish_reason, Usage(len(prompt), len(tokens)), timings,
+                            entries, cached)
+
+
+def _last_piece(row: TextRow, result: GenerationResult) -> StreamPiece:
+    return StreamPiece(row.release(), [], None, result.finish_reason, result.usage, result.timings)
+
+
+class TextRequest:
+    """A prompt as a row of a continuous batch (:meth:`LanguageModel.text_request`): ``request`` goes to
+    :meth:`ContinuousBatch.add`; each event of it becomes a :class:`StreamPiece` by :meth:`piece`; once
+    it has finished, :meth:`result` is its :class:`GenerationResult`."""
+
+    def __init__(self, request: generation.Request, row: TextRow):
+        self.request, self.row = request, row
+        self.clock = Clock()
+        self._logprobs: list[float] = []
+        self._top: list = []
+
+    def cancel(self) -> None:
+        self.request.cancelled = True
+
+    def piece(self, event) -> StreamPiece:
+        self.clock.mark()
+        if event.logprob is not None:
+            self._logprobs.append(event.logprob)
+            self._top.append(event.top_logprobs)
+        return _piece(self.row, event)
+
+    def result(self) -> GenerationResult:
+        r = self.request
+        timings = self.clock.timings(len(r.prompt), len(r.tokens), 1)
+        return _result(r.prompt, self.row, r.tokens, r.finish_reason, self._logprobs or None,
+                       self._top if any(t is not None for t in self._top) else None, timings, 0)
+
+    def last_piece(self) -> StreamPiece:
+        return _last_piece(self.row, self.result())
 
 
 class ChatSession:

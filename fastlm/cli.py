@@ -1,4 +1,4 @@
-"""The ``fastlm`` command: generate, chat, batch, info, tokenize, bench, quantize, perplexity."""
+"""The ``fastlm`` command: generate, chat, serve, batch, info, tokenize, bench, quantize, perplexity."""
 from __future__ import annotations
 
 import argparse
@@ -160,6 +160,20 @@ def cmd_chat(args) -> int:
             sys.stdout.write(" (stopped)")
         sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+def cmd_serve(args) -> int:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise FastLMError(f"fastlm serve needs the server extra: pip install 'fastlm[server]' ({e})") from None
+    lm = _load(args)
+    name = Path(str(args.model)).name
+    print(f"fastlm: serving {name} on http://{args.host}:{args.port} ({args.parallel} rows of {args.ctx})",
+          file=sys.stderr)
+    serve(lm, args.host, args.port, model_name=name, parallel=args.parallel, ctx=args.ctx,
+          queue_size=args.queue, api_key=args.api_key, max_tokens_limit=args.max_tokens)
+    return 0
 
 
 def cmd_batch(args) -> int:
@@ -363,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--add-special-tokens", action="store_true", help="add BOS/EOS as the model asks")
     p.set_defaults(run=cmd_tokenize)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching "
+                                     "(pip install 'fastlm[server]')")
+    _run_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=_at_least(1), default=8080, help="(default %(default)s)")
+    p.add_argument("--parallel", type=_at_least(1), default=4, help="rows decoded together (default %(default)s)")
+    p.add_argument("--ctx", type=_at_least(16), default=2048, help="positions per row (default %(default)s)")
+    p.add_argument("--queue", type=_at_least(0), default=64, help="requests that may wait for a row; more get "
+                   "503 (default %(default)s)")
+    p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--max-tokens", type=_at_least(1), default=4096, help="largest max_tokens a request may ask "
+                   "(default %(default)s)")
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("batch", help="generate for every line of a JSONL file into another (resumable; Ray "
                                      "with --ray)")

@@ -382,3 +382,98 @@ def stream_steps(model: "CausalLM", prompts, max_new_tokens: int, *, eos_token_i
                           stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
                           sliding_window=sliding_window, logits_processors=logits_processors, hooks=hooks,
                           prompt_cache=prompt_cache)
+
+
+# ------------------------------------------------------------------------------------ continuous batching
+
+@dataclass
+class Request:
+    """One row of a :class:`ContinuousBatch`: its prompt, budget, own sampler and seed, stop tokens and
+    hook. ``cancelled`` may be set from another thread: the row leaves at the next step."""
+    prompt: np.ndarray
+    max_new_tokens: int
+    sampler: Sampler
+    seed: int | None = None
+    eos: frozenset[int] = frozenset()
+    hook: RowHook | None = None
+    cancelled: bool = False
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def __post_init__(self):
+        self._uniforms = row_uniforms(self.seed, 1, self.max_new_tokens)[0]
+
+
+class ContinuousBatch:
+    """Rows that join and leave between decode steps (a server's continuous batching): ``add`` prefills a
+    request into a free cache row, ``step`` samples one token for every row (each with its own sampler and
+    seed, so a row's tokens are the same as alone), lets finished rows go, and decodes the rest in one
+    batched call. Not thread-safe: one thread owns it (and the model)."""
+
+    def __init__(self, model: "CausalLM", slots: int, max_len: int | None = None):
+        self.model, self.slots = model, check_int("slots", slots, 1)
+        self.cache = model.new_cache(slots, max_len)
+        self.workspace = model.new_workspace(max(slots, model.prefill_chunk), self.cache.max_len)
+        self.logits = np.empty((slots, model.vocab_size), model.dtype)
+        self.rows: list[Request] = []                 # row i lives in cache row i
+        self._history = np.zeros((slots, self.cache.max_len), np.int64)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.rows)
+
+    def add(self, request: Request) -> None:
+        """Prefill ``request`` into the next free row; it samples its first token at the next step."""
+        if not self.free:
+            raise FastLMValueError("no free row: wait for a step to finish one")
+        n = len(request.prompt)
+        if n == 0 or n + request.max_new_tokens > self.cache.max_len:
+            raise FastLMValueError(f"a prompt of {n} tokens and {request.max_new_tokens} new tokens do not fit "
+                                   f"the {self.cache.max_len} positions of a row")
+        slot = len(self.rows)
+        self._history[slot, :n] = request.prompt
+        self.cache.lengths[slot] = 0
+        self.model.prefill(request.prompt[None], self.cache, slot, self.workspace, self.logits[slot:slot + 1])
+        self.rows.append(request)
+
+    def step(self) -> list[tuple[Request, TokenEvent]]:
+        """One token for every row; returns the (request, event) pairs, a finished row's last."""
+        events, done = [], []
+        for slot, req in enumerate(self.rows):
+            if req.cancelled:
+                req.finish_reason = "cancelled"
+                done.append(slot)
+                continue
+            length = len(req.prompt) + len(req.tokens)
+            history = self._history[slot:slot + 1]
+            if req.hook is not None:
+                req.hook.mask(history[0, :length], self.logits[slot])
+            step = len(req.tokens)
+            out = req.sampler(self.logits[slot:slot + 1], req._uniforms[step:step + 1], history,
+                              np.array([length]))
+            token = int(out.tokens[0])
+            req.tokens.append(token)
+            self._history[slot, length] = token
+            reason = ("eos" if token in req.eos else
+                      "stop" if req.hook is not None and req.hook.stop(token) else
+                      "length" if len(req.tokens) >= req.max_new_tokens else None)
+            req.finish_reason = reason
+            top = (list(zip(out.top_ids[0].tolist(), out.top_logprobs[0].tolist()))
+                   if out.top_ids is not None else None)
+            events.append((req, TokenEvent(slot, token, None if out.logprobs is None else float(out.logprobs[0]),
+                                           reason, top)))
+            if reason:
+                done.append(slot)
+        for slot in reversed(done):               # refill each hole with the last row
+            last = len(self.rows) - 1
+            if slot != last:
+                self.cache.move_row(last, slot)
+                self._history[slot] = self._history[last]
+                self.logits[slot] = self.logits[last]
+                self.rows[slot] = self.rows[last]
+            self.rows.pop()
+        n = len(self.rows)
+        if n:
+            last_tokens = np.array([r.tokens[-1] for r in self.rows])
+            self.model.decode(last_tokens, self.cache, 0, self.workspace, self.logits[:n])
+        return events

@@ -20,7 +20,7 @@ def test_generate_streams_the_greedy_continuation(capsys, smollm2_gguf_path, smo
     prompt = GOLDEN["prompts"][0]["prompt"]
     code, out, err = run(capsys, "generate", "--model", smollm2_gguf_path, "--temperature", 0, "-n", 8, prompt)
     assert code == 0 and "loaded" in err
-    assert out == smollm2_quantized.generate(prompt, 8, temperature=0) + "\n"
+    assert out == smollm2_quantized.generate(prompt, 8, temperature=0).text + "\n"
 
 
 def test_generate_dequantized_follows_the_golden_greedy_path(capsys, smollm2_gguf_path, smollm2):
