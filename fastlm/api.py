@@ -174,9 +174,11 @@ class LanguageModel:
                                      sampler, seed, generation.check_eos(eos, self.model.vocab_size), row)
         return TextRequest(request, row)
 
-    def continuous_batch(self, slots: int, max_len: int | None = None) -> generation.ContinuousBatch:
-        """Rows that join and leave between steps, for :meth:`text_request` s (one thread owns it)."""
-        return generation.ContinuousBatch(self.model, slots, max_len)
+    def continuous_batch(self, slots: int, max_len: int | None = None,
+                         prefix_bytes: int = 0) -> generation.ContinuousBatch:
+        """Rows that join and leave between steps, for :meth:`text_request` s (one thread owns it); with
+        ``prefix_bytes``, a prompt cache of that size across requests."""
+        return generation.ContinuousBatch(self.model, slots, max_len, prefix_bytes)
 
     def _text_rows(self, options: dict, caller: str):
         """The engine's options, and a maker of each prompt's :class:`TextRow` (stop strings and sequences,
@@ -251,7 +253,7 @@ class TextRequest:
         r = self.request
         timings = self.clock.timings(len(r.prompt), len(r.tokens), 1)
         return _result(r.prompt, self.row, r.tokens, r.finish_reason, self._logprobs or None,
-                       self._top if any(t is not None for t in self._top) else None, timings, 0)
+                       self._top if any(t is not None for t in self._top) else None, timings, r.cached_tokens)
 
     def last_piece(self) -> StreamPiece:
         return _last_piece(self.row, self.result())

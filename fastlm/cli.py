@@ -172,7 +172,8 @@ def cmd_serve(args) -> int:
     print(f"fastlm: serving {name} on http://{args.host}:{args.port} ({args.parallel} rows of {args.ctx})",
           file=sys.stderr)
     serve(lm, args.host, args.port, model_name=name, parallel=args.parallel, ctx=args.ctx,
-          queue_size=args.queue, api_key=args.api_key, max_tokens_limit=args.max_tokens)
+          queue_size=args.queue, api_key=args.api_key, max_tokens_limit=args.max_tokens,
+          cache_bytes=args.cache_mb << 20)
     return 0
 
 
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=_at_least(0), default=64, help="requests that may wait for a row; more get "
                    "503 (default %(default)s)")
     p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--cache-mb", type=_at_least(0), default=256, help="prompt cache across requests, MiB "
+                   "(default %(default)s)")
     p.add_argument("--max-tokens", type=_at_least(1), default=4096, help="largest max_tokens a request may ask "
                    "(default %(default)s)")
     p.set_defaults(run=cmd_serve)

@@ -399,19 +399,62 @@ class Request:
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    cached_tokens: int = 0                   # prompt positions taken from the prefix store
 
     def __post_init__(self):
         self._uniforms = row_uniforms(self.seed, 1, self.max_new_tokens)[0]
+
+
+class PrefixStore:
+    """KV of finished requests kept for later ones (a server's prompt cache): bounded to ``max_bytes``,
+    least recently used out first. ``lookup`` finds the entry sharing the longest token prefix with a
+    prompt."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = check_int("max_bytes", max_bytes, 0)
+        self.entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (tokens, k, v), most recent last
+        self.bytes = 0
+
+    def put(self, tokens: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Keep positions ``tokens`` with their keys and values (layers, hkv, n, dk), copied."""
+        size = k.nbytes + v.nbytes
+        if size > self.max_bytes or len(tokens) == 0:
+            return
+        self.entries = [e for e in self.entries if not (len(e[0]) <= len(tokens)
+                                                        and np.array_equal(e[0], tokens[:len(e[0])]))]
+        self.entries.append((tokens.copy(), k.copy(), v.copy()))
+        self.bytes = sum(e[1].nbytes + e[2].nbytes for e in self.entries)
+        while self.bytes > self.max_bytes:
+            _, k0, v0 = self.entries.pop(0)
+            self.bytes -= k0.nbytes + v0.nbytes
+
+    def lookup(self, prompt: np.ndarray) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """(n, k, v): the longest prefix of ``prompt`` held, leaving at least its last token to compute."""
+        best, found = 0, None
+        for i, (tokens, k, v) in enumerate(self.entries):
+            n = min(len(tokens), len(prompt) - 1)
+            differ = np.flatnonzero(tokens[:n] != prompt[:n])
+            common = int(differ[0]) if differ.size else n
+            if common > best:
+                best, found = common, i
+        if found is None:
+            return 0, None, None
+        entry = self.entries.pop(found)
+        self.entries.append(entry)                   # most recently used
+        return best, entry[1], entry[2]
 
 
 class ContinuousBatch:
     """Rows that join and leave between decode steps (a server's continuous batching): ``add`` prefills a
     request into a free cache row, ``step`` samples one token for every row (each with its own sampler and
     seed, so a row's tokens are the same as alone), lets finished rows go, and decodes the rest in one
-    batched call. Not thread-safe: one thread owns it (and the model)."""
+    batched call. With ``prefix_bytes``, the KV of finished rows is kept (a :class:`PrefixStore`) and a
+    new request copies the longest prefix it shares, prefilling only the rest. Not thread-safe: one thread
+    owns it (and the model)."""
 
-    def __init__(self, model: "CausalLM", slots: int, max_len: int | None = None):
+    def __init__(self, model: "CausalLM", slots: int, max_len: int | None = None, prefix_bytes: int = 0):
         self.model, self.slots = model, check_int("slots", slots, 1)
+        self.store = PrefixStore(prefix_bytes)        # 0: no prompt cache
         self.cache = model.new_cache(slots, max_len)
         self.workspace = model.new_workspace(max(slots, model.prefill_chunk), self.cache.max_len)
         self.logits = np.empty((slots, model.vocab_size), model.dtype)
@@ -432,8 +475,14 @@ class ContinuousBatch:
                                    f"the {self.cache.max_len} positions of a row")
         slot = len(self.rows)
         self._history[slot, :n] = request.prompt
-        self.cache.lengths[slot] = 0
-        self.model.prefill(request.prompt[None], self.cache, slot, self.workspace, self.logits[slot:slot + 1])
+        reused, k, v = self.store.lookup(request.prompt)
+        if reused:                                   # a prompt cache hit: copy its positions, compute the rest
+            self.cache.k[:, slot, :, :reused] = k[:, :, :reused]
+            self.cache.v[:, slot, :, :reused] = v[:, :, :reused]
+        self.cache.lengths[slot] = reused
+        request.cached_tokens = reused
+        self.model.prefill(request.prompt[None, reused:], self.cache, slot, self.workspace,
+                           self.logits[slot:slot + 1])
         self.rows.append(request)
 
     def step(self) -> list[tuple[Request, TokenEvent]]:
@@ -464,7 +513,10 @@ class ContinuousBatch:
                                            reason, top)))
             if reason:
                 done.append(slot)
-        for slot in reversed(done):               # refill each hole with the last row
+        for slot in reversed(done):               # keep what it computed, then refill its row with the last one
+            if self.store.max_bytes:
+                n = int(self.cache.lengths[slot])
+                self.store.put(self._history[slot, :n], self.cache.k[:, slot, :, :n], self.cache.v[:, slot, :, :n])
             last = len(self.rows) - 1
             if slot != last:
                 self.cache.move_row(last, slot)

@@ -2,7 +2,8 @@
 
 One engine thread owns the model and a :class:`~fastlm.generation.ContinuousBatch` of ``parallel`` rows.
 Requests wait in a bounded queue; between two decode steps the engine prefills waiting requests into free
-rows, so a new request joins the running batch at once; each row keeps its own sampler, seed, stop strings
+rows (reusing the KV of the longest prefix an earlier request shared: a bounded LRU prompt cache), so a new
+request joins the running batch at once; each row keeps its own sampler, seed, stop strings
 and grammar, and a finished or cancelled row (a client that went away) leaves at the next step. A seeded
 request gives the same tokens alone or beside others.
 
@@ -65,9 +66,10 @@ class Job:
 class Engine:
     """The thread that owns the model: admits queued jobs into free rows, steps the batch, hands out pieces."""
 
-    def __init__(self, lm: LanguageModel, parallel: int, ctx: int | None, queue_size: int, registry):
+    def __init__(self, lm: LanguageModel, parallel: int, ctx: int | None, queue_size: int, registry,
+                 cache_bytes: int = 0):
         self.lm, self.queue_size = lm, queue_size
-        self.batch = lm.continuous_batch(parallel, ctx)
+        self.batch = lm.continuous_batch(parallel, ctx, cache_bytes)
         self.waiting: queue.Queue[Job] = queue.Queue()
         self.jobs: dict[int, Job] = {}          # id(request) -> job, for the rows in the batch
         self._stop = threading.Event()
@@ -244,11 +246,13 @@ def _logprobs_json(pieces_logprobs: list, chat: bool) -> dict | None:
 # ------------------------------------------------------------------------------------------------- the app
 
 def create_app(lm: LanguageModel, *, model_name: str = "fastlm", parallel: int = 4, ctx: int | None = 2048,
-               queue_size: int = 64, api_key: str | None = None, max_tokens_limit: int = 4096) -> Starlette:
-    """The Starlette app serving ``lm``; its engine thread starts now and stops at shutdown."""
+               queue_size: int = 64, api_key: str | None = None, max_tokens_limit: int = 4096,
+               cache_bytes: int = 256 << 20) -> Starlette:
+    """The Starlette app serving ``lm``; its engine thread starts now and stops at shutdown.
+    ``cache_bytes`` bounds the prompt cache (KV of earlier requests, least recently used out first)."""
     registry = CollectorRegistry()
     ctx = min(ctx or lm.model.max_seq_len, lm.model.max_seq_len)
-    engine = Engine(lm, parallel, ctx, queue_size, registry)
+    engine = Engine(lm, parallel, ctx, queue_size, registry, cache_bytes)
 
     def authorized(request: Request) -> None:
         if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":

@@ -182,3 +182,16 @@ def test_a_full_queue_answers_503(lm):
             assert r.json()["error"]["code"] == "overloaded"
     finally:
         s.stop()
+
+
+def test_the_prompt_cache_reuses_a_shared_history(client, lm):
+    """A follow-up turn shares the first turn's prompt and reply: its prefill starts after them, and the
+    reply is the same as without any cache."""
+    first = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello!"}]
+    r1 = client.chat.completions.create(model="tiny", messages=first, max_tokens=10, seed=4)
+    follow = first + [{"role": "assistant", "content": r1.choices[0].message.content},
+                      {"role": "user", "content": "And then?"}]
+    r2 = client.chat.completions.create(model="tiny", messages=follow, max_tokens=10, seed=4)
+    assert r2.usage.prompt_tokens_details.cached_tokens >= len(lm.chat_prompt(first))
+    fresh = lm.chat(follow, 10, seed=4, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0)
+    assert r2.choices[0].message.content == fresh.text
