@@ -7,7 +7,7 @@ request joins the running batch at once; each row keeps its own sampler, seed, s
 and grammar, and a finished or cancelled row (a client that went away) leaves at the next step. A seeded
 request gives the same tokens alone or beside others.
 
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as server-sent events
+Endpoints: ``GET /`` (a web chat page), ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as server-sent events
 ending in ``data: [DONE]``), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus). Bad
 requests get a 400 with an OpenAI error object, a full queue a 503 with ``Retry-After``, a missing or wrong
 key (``--api-key``) a 401; nothing answers with a stack trace.
@@ -23,18 +23,21 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .api import LanguageModel, TextRequest
 from .errors import FastLMError
 
 MAX_BODY_BYTES = 1 << 20
+# The web chat at /: one static page, no external resources (it streams from /v1/chat/completions).
+CHAT_PAGE = (Path(__file__).parent / "chat.html").read_text(encoding="utf-8")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -393,6 +396,9 @@ def create_app(lm: LanguageModel, *, model_name: str = "fastlm", parallel: int =
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                                          "owned_by": "fastlm"}]})
 
+    async def page(request: Request):
+        return HTMLResponse(CHAT_PAGE)
+
     async def health(request: Request):
         return JSONResponse({"status": "ok", "running_rows": len(engine.batch.rows),
                              "queue_depth": engine.waiting.qsize()})
@@ -406,6 +412,7 @@ def create_app(lm: LanguageModel, *, model_name: str = "fastlm", parallel: int =
         engine.close()
 
     app = Starlette(routes=[
+        Route("/", page, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),

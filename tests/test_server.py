@@ -195,3 +195,33 @@ def test_the_prompt_cache_reuses_a_shared_history(client, lm):
     assert r2.usage.prompt_tokens_details.cached_tokens >= len(lm.chat_prompt(first))
     fresh = lm.chat(follow, 10, seed=4, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0)
     assert r2.choices[0].message.content == fresh.text
+
+
+def test_the_web_chat_streams_an_answer_in_a_real_browser(server, lm):
+    """Debian's chromium, headless, driven by selenium: the page loads, a question is typed, the answer
+    streams in and the tokens/s show."""
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("needs Debian's browser: apt-get install chromium chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    open_server = Server(lm, parallel=2, ctx=256)           # the page sends no API key
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(open_server.url + "/")
+        assert driver.title == "fastlm chat"
+        driver.find_element(By.ID, "prompt").send_keys("What is the capital of France?")
+        driver.find_element(By.ID, "send").click()
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "tok/s" in d.find_element(By.ID, "stats").text)
+        answer = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text
+        assert answer and not answer.startswith("error")
+        assert driver.find_elements(By.CSS_SELECTOR, ".msg.user")[-1].text == "What is the capital of France?"
+    finally:
+        driver.quit()
+        open_server.stop()
