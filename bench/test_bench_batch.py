@@ -1,6 +1,6 @@
 """Batch generation of 256 SmolLM2 prompts (32 new tokens each): in this process with 2 threads beside Ray
-with 2 actors x 1 thread on a local cluster. The report's ratio is the in-process time over Ray's; the Ray
-overhead (cluster start, actors loading the model, moving records) is what Ray loses on one machine."""
+with 2 actors x 1 thread on a local cluster. The report's speed-up column is Ray's time over the in-process
+time; the difference is Ray's overhead on one machine (cluster start, actors loading the model, records)."""
 import json
 
 import pytest
