@@ -276,7 +276,7 @@ def create_app(lm: LanguageModel, *, model_name: str = "fastlm", parallel: int =
         name = body.get("model")
         if name is not None and name != model_name:
             raise BadRequest(f"model {name!r} does not exist; this server has {model_name!r}", "model",
-                             status=404, code="model_not_found")
+                             code="model_not_found")
         return body
 
     async def completion(request: Request, chat: bool):
@@ -289,7 +289,10 @@ def create_app(lm: LanguageModel, *, model_name: str = "fastlm", parallel: int =
                         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                         for m in messages)):
                     raise BadRequest("'messages' must be a non-empty list of {role, content} strings", "messages")
-                prompt_ids = lm.chat_prompt(messages)
+                try:
+                    prompt_ids = lm.chat_prompt(messages)
+                except (FastLMError, ValueError, TypeError) as e:     # the template refused these messages
+                    raise BadRequest(f"cannot render the messages with the chat template: {e}", "messages") from None
             else:
                 prompt = body.get("prompt")
                 if not isinstance(prompt, str) or not prompt:

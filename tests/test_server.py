@@ -118,7 +118,7 @@ def test_models_health_metrics(client, server):
     (json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}).encode(), 400, "max_tokens"),
     (json.dumps({"messages": [{"role": "user", "content": "x"}], "n": 3}).encode(), 400, "n"),
     (json.dumps({"messages": [{"role": "user", "content": "x"}], "stop": [""]}).encode(), 400, "stop"),
-    (json.dumps({"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}).encode(), 404, "model"),
+    (json.dumps({"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}).encode(), 400, "model"),
     (json.dumps({"messages": [{"role": "user", "content": "x"}],
                  "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}).encode(),
      400, None),
