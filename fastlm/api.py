@@ -12,6 +12,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import FastLMError, FastLMValueError
 from .model import CausalLM
+from .runtime import apply_to_this_thread
 from .tokenizer import Tokenizer
 from .weights import fetch_default_model, load_gguf, load_safetensors
 
@@ -27,6 +28,14 @@ class LanguageModel:
     ``generate``, ``stream`` and ``chat`` take every option of :meth:`CausalLM.generate_batch` (temperature,
     top_k, top_p, min_p, penalties, logit_bias, seed, stop_sequences, ...); unset sampling options default
     to :data:`TEXT_DEFAULTS`, and generation stops at the tokenizer's end-of-text / end-of-turn tokens.
+
+    **Threads.** One LanguageModel may serve any number of Python threads at once, with no lock: every call
+    keeps its own state (KV cache, activation workspace, sampler and its scratch, random generator, stream
+    decoder, chat-template budget) and shares only what nothing writes after loading (weights, RoPE tables,
+    the tokenizer). A call's tokens depend on its prompt, options and ``seed`` alone, never on what other
+    threads run meanwhile. Each call runs its kernels on :func:`fastlm.set_num_threads` OpenMP threads of its
+    own, so calls in parallel share the cores; a :class:`fastlm.Sampler` passed in (``sampler=``) is the
+    caller's and must not be used by two calls at once.
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, source: Path, metadata: dict[str, Any]):
@@ -47,6 +56,7 @@ class LanguageModel:
 
     def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, **options) -> Iterator[str]:
         """Text pieces of the continuation of ``prompt_ids``, each as soon as it is complete UTF-8."""
+        apply_to_this_thread()
         defaults = {} if "sampler" in options else TEXT_DEFAULTS     # a configured Sampler brings its own
         options = {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
         decoder = self.tokenizer.decoder(prompt_ids, skip_special_tokens=True)

@@ -243,7 +243,11 @@ class Tokenizer:
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text(encoding="utf-8")
         elif isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
-            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+            template = next((t.get("template") for t in template if isinstance(t, Mapping)
+                             and t.get("name") == "default"), None)
+        if template is not None and not isinstance(template, str):
+            raise ModelFormatError(f"{path / 'tokenizer_config.json'}: chat_template must be a string or a list of "
+                                   f"named templates, got {template!r:.80}")
         return cls(rust, pieces, (i for i, tok in added.items() if tok.special), bos_token_id=bos, eos_token_id=eos,
                    end_of_turn_ids=end_of_turn, bos_token=bos_token or "", eos_token=eos_token or "",
                    strip_leading_space=strip, chat_template=template)
@@ -314,10 +318,13 @@ def _sentencepiece_bpe(tokens: list[str], scores: list[float], types: list[int],
     # SentencePiece merges the adjacent pair whose joined text is the highest-scoring token; as BPE merge ranks
     # that is every split of each token into two vocabulary pieces, ordered by the token's score.
     vocab = {tok: i for i, tok in enumerate(tokens)}
+    lengths = sorted({len(tok) for tok in tokens} - {0})    # a left piece is a token: only its lengths can cut
     ranked = []
     for i, tok in enumerate(tokens):
         if types[i] in (_NORMAL, _USER_DEFINED):
-            for cut in range(1, len(tok)):
+            for cut in lengths:
+                if cut >= len(tok):
+                    break
                 left, right = tok[:cut], tok[cut:]
                 if left in vocab and right in vocab:
                     ranked.append((-scores[i], i, vocab[left], vocab[right], left, right))
@@ -573,7 +580,7 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _read_json(file: Path) -> dict:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ModelFormatError(f"cannot read {file}: {err}") from err
     if not isinstance(data, dict):
         raise ModelFormatError(f"{file} does not hold a JSON object")
@@ -582,4 +589,5 @@ def _read_json(file: Path) -> dict:
 
 def _token_content(token: Any) -> str | None:
     """tokenizer_config.json names a token as a string or as an AddedToken dict."""
-    return token.get("content") if isinstance(token, Mapping) else token if isinstance(token, str) else None
+    content = token.get("content") if isinstance(token, Mapping) else token
+    return content if isinstance(content, str) else None

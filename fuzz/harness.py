@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import gzip
 import hashlib
 import itertools
 import os
 import random
+import resource
 import shutil
 import sys
 import tempfile
 import time
 import tracemalloc
+import types
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -58,6 +62,20 @@ def run_one(check: Check, data: bytes, measure_memory: bool = True) -> None:
         peak = tracemalloc.get_traced_memory()[1] - base
         if peak > allocation_limit(len(data)):
             raise Bug(f"a {len(data)}-byte input allocated {peak} bytes (limit {allocation_limit(len(data))})")
+
+
+@contextlib.contextmanager
+def memory_ceiling(extra: int = 4 << 30):
+    """Cap this process's address space at its current size plus ``extra`` bytes while inside: an input that
+    slips past the tracemalloc bound then fails with MemoryError instead of taking the machine's memory."""
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (current + extra, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, before)
 
 
 # --------------------------------------------------------------------------------------------- scratch files
@@ -148,20 +166,65 @@ def name_of(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
+REGRESSIONS = ROOT / "tests" / "data" / "fuzz"
+
+
+def read_input(path: Path) -> bytes:
+    """An input file's bytes; a ``.gz`` file (the regression corpus compresses large inputs) is unpacked."""
+    data = Path(path).read_bytes()
+    return gzip.decompress(data) if str(path).endswith(".gz") else data
+
+
+def keep(target: str, data: bytes, label: str) -> Path:
+    """Add ``data`` to the regression corpus of ``target`` as ``<label>-<hash>``, gzipped when over 4 KiB."""
+    folder = REGRESSIONS / target
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{label}-{name_of(data)}"
+    if len(data) > 4096:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+    return path
+
+
+def _instrument(atheris, packages: tuple[str, ...]) -> None:
+    """Coverage for the functions of ``packages`` only (atheris.instrument_all() takes minutes on the whole
+    of NumPy and SciPy)."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] not in packages:
+            continue
+        for obj in list(vars(module).values()):
+            members = vars(obj).values() if isinstance(obj, type) and obj.__module__ == module_name else [obj]
+            for member in members:
+                member = getattr(member, "__func__", member)              # classmethod, staticmethod
+                if isinstance(member, types.FunctionType) and member.__module__ == module_name:
+                    atheris.instrument_func(member)
+
+
 def main(name: str, check: Check, seeds: Callable[[], list[bytes]], argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m fuzz.{name}", description=f"Fuzz fastlm's {name} input.")
     parser.add_argument("inputs", nargs="*", type=Path, help="replay these files or folders instead of fuzzing")
     parser.add_argument("--seconds", type=float, default=60, help="how long to fuzz (default 60)")
     parser.add_argument("--plain", action="store_true", help="the plain random mutator, even with atheris")
+    parser.add_argument("--keep", metavar="LABEL",
+                        help="add the inputs named to the regression corpus, tests/data/fuzz/<target>/")
     parser.add_argument("--no-memory-check", dest="memory", action="store_false",
                         help="skip tracemalloc's bound (faster)")
     args = parser.parse_args(argv)
+    with memory_ceiling():
+        _run(name, check, seeds, args)
 
+
+def _run(name: str, check: Check, seeds: Callable[[], list[bytes]], args: argparse.Namespace) -> None:
+    if args.inputs and args.keep:
+        for path in inputs_in(args.inputs):
+            print(f"kept {keep(name, read_input(path), args.keep)}")
+        return
     if args.inputs:
         failed = 0
         for path in inputs_in(args.inputs):
             try:
-                run_one(check, path.read_bytes(), args.memory)
+                run_one(check, read_input(path), args.memory)
                 print(f"ok    {path}")
             except BaseException as err:
                 failed += 1
@@ -198,7 +261,7 @@ def main(name: str, check: Check, seeds: Callable[[], list[bytes]], argv: list[s
     def one_input(data: bytes) -> None:
         run_one(check, data, args.memory)
 
-    atheris.instrument_all()
+    _instrument(atheris, ("fastlm", "jinja2", "fuzz"))
     atheris.Setup([sys.argv[0], f"-max_total_time={int(args.seconds)}", f"-timeout={int(TIME_LIMIT_S)}",
                    f"-rss_limit_mb={RSS_LIMIT_MB}", f"-artifact_prefix={crashes}/", "-print_final_stats=1",
                    str(corpus)], one_input)

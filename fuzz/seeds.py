@@ -47,15 +47,15 @@ def _tokenizer_metadata(kind: str) -> dict:
         return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
                 "tokenizer.ggml.tokens": _GPT2_TOKENS, "tokenizer.ggml.merges": ["a b", "Ġ a"],
                 "tokenizer.ggml.token_type": [3, 3] + [1] * 14,
-                "tokenizer.ggml.bos_token_id": GGUFValue(ValueType.UINT32, 0),
-                "tokenizer.ggml.eos_token_id": GGUFValue(ValueType.UINT32, 1),
+                "tokenizer.ggml.bos_token_id": 0,
+                "tokenizer.ggml.eos_token_id": 1,
                 "tokenizer.chat_template": CHATML}
     return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": _SPM_TOKENS,
             "tokenizer.ggml.scores": [0.0, 0.0, 0.0, 0.0] + [-float(i) for i in range(12)],
             "tokenizer.ggml.token_type": [2, 3, 3, 6] + [1] * 12,
-            "tokenizer.ggml.bos_token_id": GGUFValue(ValueType.UINT32, 1),
-            "tokenizer.ggml.eos_token_id": GGUFValue(ValueType.UINT32, 2),
-            "tokenizer.ggml.unknown_token_id": GGUFValue(ValueType.UINT32, 0),
+            "tokenizer.ggml.bos_token_id": 1,
+            "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.unknown_token_id": 0,
             "tokenizer.ggml.add_bos_token": True, "tokenizer.chat_template": LLAMA2}
 
 

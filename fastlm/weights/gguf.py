@@ -262,6 +262,10 @@ class GGUFFile:
                     self._fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) lies outside the "
                                f"file: the data section holds {max(data_size, 0)} bytes")
             self.tensors[name] = TensorInfo(name, shape, qtype, self.data_offset + offset, nbytes)
+        spans = sorted((t.offset, t.offset + t.nbytes) for t in self.tensors.values() if t.nbytes is not None)
+        for (_, end), (begin, _) in zip(spans, spans[1:]):
+            if begin < end:         # one region read as two tensors: a small file posing as a large model
+                self._fail(f"tensors overlap in the data section (bytes {begin} to {end} of the file)")
 
     def _tensor_info(self, i: int) -> tuple[str, tuple[int, ...], int, int]:
         name = self._string(f"the name of tensor #{i}")
@@ -385,6 +389,8 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
         raise FastLMTypeError(f"dtype must be float32 or float64, got {dtype}")
     gguf = GGUFFile(path)
     config = _config(gguf)
+    if config.num_layers > len(gguf.tensors):     # before listing the shapes of that many layers
+        gguf._fail(f"llama.block_count = {config.num_layers}, more layers than the file has tensors")
     shapes = parameter_shapes(config)
     unexpected = sorted(set(gguf.tensors) - {f"{name}.weight" for name in shapes})
     if unexpected:

@@ -1,0 +1,58 @@
+"""One model, many Python threads: every call gives the tokens it gives alone with the same seed."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import fastlm
+from fastlm import _attention
+
+PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,",
+           "Roses are red,", "In 1969, the first", "The best way to learn", "Q: What is 2 + 2?\nA:"]
+
+
+def calls(lm, n_tokens=12):
+    """Eight calls of every text kind (generate, stream, chat, chat_stream), each with its own seed."""
+    chat = lambda p: [{"role": "user", "content": p}]  # noqa: E731
+    kinds = [lambda p, s: lm.generate(p, n_tokens, seed=s),
+             lambda p, s: "".join(lm.stream(p, n_tokens, seed=s, temperature=1.2, top_k=0)),
+             lambda p, s: lm.chat(chat(p), n_tokens, seed=s),
+             lambda p, s: "".join(lm.chat_stream(chat(p), n_tokens, seed=s, repetition_penalty=1.3))]
+    return [(lambda k=kinds[i % 4], p=p, s=i: k(p, s)) for i, p in enumerate(PROMPTS)]
+
+
+@pytest.fixture
+def restore_threads():
+    before = fastlm.get_num_threads()
+    yield
+    fastlm.set_num_threads(before)
+
+
+def test_eight_threads_give_each_call_its_own_tokens(smollm2_quantized):
+    jobs = calls(smollm2_quantized)
+    alone = [job() for job in jobs]
+    assert len(set(alone)) == len(alone)                  # the calls differ, so a mix-up would show
+    barrier = threading.Barrier(len(jobs))
+
+    def together(job):
+        barrier.wait()                                    # all eight start at once
+        return job()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        for _ in range(3):
+            assert list(pool.map(together, jobs)) == alone
+
+
+def test_a_new_thread_takes_the_process_thread_count(smollm2_quantized, restore_threads):
+    fastlm.set_num_threads(1)
+    seen = []
+
+    def run():
+        seen.append(_attention.num_threads())             # OpenMP's own default for a fresh thread
+        smollm2_quantized.generate("Hi", 2, seed=0)
+        seen.append(_attention.num_threads())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen[1] == 1
