@@ -262,10 +262,8 @@ class GGUFFile:
                     self._fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) lies outside the "
                                f"file: the data section holds {max(data_size, 0)} bytes")
             self.tensors[name] = TensorInfo(name, shape, qtype, self.data_offset + offset, nbytes)
-        spans = sorted((t.offset, t.offset + t.nbytes) for t in self.tensors.values() if t.nbytes is not None)
-        for (_, end), (begin, _) in zip(spans, spans[1:]):
-            if begin < end:         # one region read as two tensors: a small file posing as a large model
-                self._fail(f"tensors overlap in the data section (bytes {begin} to {end} of the file)")
+        _check_disjoint([(t.offset, t.offset + t.nbytes) for t in self.tensors.values() if t.nbytes is not None],
+                        self._fail)
 
     def _tensor_info(self, i: int) -> tuple[str, tuple[int, ...], int, int]:
         name = self._string(f"the name of tensor #{i}")
@@ -301,6 +299,15 @@ class GGUFFile:
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
         return np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
+
+
+def _check_disjoint(spans: list[tuple[int, int]], fail) -> None:
+    """Tensors' byte ranges [begin, end) may not overlap: one region read as two tensors lets a small file
+    pose as a large model."""
+    spans = sorted(spans)
+    for (_, end), (begin, _) in zip(spans, spans[1:]):
+        if begin < end:
+            fail(f"tensors overlap in the data section (bytes {begin} to {end} of the file)")
 
 
 def _map_file(path: Path, kind: str) -> mmap.mmap:

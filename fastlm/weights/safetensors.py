@@ -22,7 +22,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from ..reference import parameter_shapes
-from .gguf import _map_file
+from .gguf import _check_disjoint, _map_file
 from .quant import GGMLType, dequantize
 
 __all__ = ["load_safetensors", "permute_rotate_half"]
@@ -76,10 +76,7 @@ class _SafetensorsFile:
                 self._fail(f"tensor {name!r} has data offsets [{begin}, {end}] outside the file's "
                            f"{data_size} bytes of data")
             self.tensors[name] = (dtype, tuple(shape), data_start + begin, data_start + end)
-        spans = sorted((begin, end) for _, _, begin, end in self.tensors.values())
-        for (_, end), (begin, _) in zip(spans, spans[1:]):
-            if begin < end:         # one region read as two tensors: a small file posing as a large model
-                self._fail(f"tensors overlap in the data section (bytes {begin} to {end})")
+        _check_disjoint([(begin, end) for _, _, begin, end in self.tensors.values()], self._fail)
 
     def _fail(self, problem: str):
         raise ModelFormatError(f"{self.path}: {problem}")
