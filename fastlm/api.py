@@ -1,6 +1,7 @@
 """``fastlm.load``: a real model and its tokenizer behind text-in, text-out calls."""
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import FastLMError, FastLMValueError
 from .model import CausalLM
-from .runtime import apply_to_this_thread
+from .runtime import StepThreads, apply_to_this_thread, get_num_threads
 from .tokenizer import Tokenizer
 from .weights import fetch_default_model, load_gguf, load_safetensors
 
@@ -60,10 +61,23 @@ class LanguageModel:
         defaults = {} if "sampler" in options else TEXT_DEFAULTS     # a configured Sampler brings its own
         options = {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
         decoder = self.tokenizer.decoder(prompt_ids, skip_special_tokens=True)
-        for event in self.model.stream([prompt_ids], max_new_tokens, **options):
-            piece = decoder.push(event.token)
-            if piece:
-                yield piece
+        events = self.model.stream([prompt_ids], max_new_tokens, **options)
+        threads = StepThreads(get_num_threads())          # steps on all threads or one: the faster
+        apply_to_this_thread(threads.best)
+        try:
+            for step in itertools.count():
+                start = time.perf_counter()
+                event = next(events, None)
+                if event is None:
+                    break
+                if step:                                  # the first event includes the prefill
+                    threads.record(time.perf_counter() - start)
+                apply_to_this_thread(threads.next_step())
+                piece = decoder.push(event.token)
+                if piece:
+                    yield piece
+        finally:
+            apply_to_this_thread()
         tail = decoder.flush()
         if tail:
             yield tail
