@@ -1,4 +1,5 @@
 """One model, many Python threads: every call gives the tokens it gives alone with the same seed."""
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -6,6 +7,7 @@ import pytest
 
 import fastlm
 from fastlm import _attention
+from fastlm.runtime import StepThreads
 
 PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,",
            "Roses are red,", "In 1969, the first", "The best way to learn", "Q: What is 2 + 2?\nA:"]
@@ -56,3 +58,31 @@ def test_a_new_thread_takes_the_process_thread_count(smollm2_quantized, restore_
     thread.start()
     thread.join()
     assert seen[1] == 1
+
+
+def simulate(step_seconds, steps=600, threads=2):
+    """The counts StepThreads picks when a step on n threads takes step_seconds[n]."""
+    chooser, counts = StepThreads(threads), []
+    for _ in range(steps):
+        counts.append(chooser.next_step())
+        chooser.record(step_seconds[counts[-1]])
+    return counts
+
+
+def test_step_threads_keep_all_threads_when_they_are_faster(monkeypatch):
+    monkeypatch.setattr(StepThreads, "settled", {})
+    counts = simulate({2: 0.005, 1: 0.009})
+    assert counts.count(1) <= 8                            # the occasional re-check only
+    assert simulate({2: 0.040, 1: 0.009}).count(2) <= 8    # a busy core: one thread
+    assert StepThreads(2).best == 1                        # ... and the next generation starts there
+    assert simulate({2: 0.005, 1: 0.009})[100:].count(2) >= 95
+    assert set(simulate({1: 0.01}, threads=1)) == {1}
+
+
+@pytest.mark.parametrize("fixture", ["smollm2_quantized", "smollm2"])
+def test_decode_tokens_do_not_depend_on_the_thread_count_of_each_step(request, fixture, monkeypatch):
+    lm = request.getfixturevalue(fixture)
+    fixed = lm.generate("The capital of France is", 24, seed=3)
+    counts = itertools.cycle([2, 1, 1, 2, 2, 1, 2])
+    monkeypatch.setattr(StepThreads, "next_step", lambda self: next(counts))
+    assert lm.generate("The capital of France is", 24, seed=3) == fixed
