@@ -11,8 +11,8 @@ to spin 300,000 times first. On a core that another process also wants, a spinni
 slices the working thread needs, and every region waits for its slowest thread: one busy core made a run
 3-4x slower than ``-t 1``. fastlm therefore sets ``GOMP_SPINCOUNT`` (see :data:`SPIN_COUNT`) before the
 OpenMP runtime starts, unless the environment already sets ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``: a
-waiting thread spins for about the gap between two regions of one forward pass, then sleeps, so an idle
-machine loses nothing and a loaded one gets its core back. It takes effect only if fastlm is imported
+waiting thread spins for about the gap between two regions of one forward pass, then sleeps, giving a
+loaded core back to whoever needs it (``bench/busy_cores.py`` measures both cases). It takes effect only if fastlm is imported
 before anything else loads libgomp (the environment is read once, when libgomp loads).
 
 **Threads of the caller.** OpenMP keeps the thread count per calling thread, so :func:`set_num_threads`

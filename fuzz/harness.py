@@ -45,23 +45,28 @@ def allocation_limit(size: int) -> int:
 
 
 def run_one(check: Check, data: bytes, measure_memory: bool = True) -> None:
-    """``check(data)`` under the oracle: an unexpected exception passes through, a broken bound raises Bug."""
-    if measure_memory:
-        if not tracemalloc.is_tracing():
-            tracemalloc.start()
+    """``check(data)`` under the oracle: an unexpected exception passes through, a broken bound raises Bug.
+    Tracing is started for the call and stopped after it, unless it was on already (a fuzzing run keeps it
+    on)."""
+    started = measure_memory and not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        check(data)
-    elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check(data)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if started:
+            tracemalloc.stop()
     if elapsed > TIME_LIMIT_S:
         raise Bug(f"a {len(data)}-byte input took {elapsed:.1f} s (limit {TIME_LIMIT_S} s)")
-    if measure_memory:
-        peak = tracemalloc.get_traced_memory()[1] - base
-        if peak > allocation_limit(len(data)):
-            raise Bug(f"a {len(data)}-byte input allocated {peak} bytes (limit {allocation_limit(len(data))})")
+    if measure_memory and peak > allocation_limit(len(data)):
+        raise Bug(f"a {len(data)}-byte input allocated {peak} bytes (limit {allocation_limit(len(data))})")
 
 
 @contextlib.contextmanager
@@ -211,6 +216,8 @@ def main(name: str, check: Check, seeds: Callable[[], list[bytes]], argv: list[s
     parser.add_argument("--no-memory-check", dest="memory", action="store_false",
                         help="skip tracemalloc's bound (faster)")
     args = parser.parse_args(argv)
+    if args.memory:
+        tracemalloc.start()              # once for the whole run: run_one only resets the peak
     with memory_ceiling():
         _run(name, check, seeds, args)
 
