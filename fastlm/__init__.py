@@ -2,6 +2,7 @@
 
 The public API. ``fastlm.reference`` holds the float64 NumPy textbook model with the same names.
 """
+from . import runtime  # first: it sets how OpenMP threads wait before the kernels load the OpenMP runtime
 from . import reference
 from .api import DEFAULT_MODEL, ChatSession, LanguageModel, load
 from .accounting import count_model_parameters, generation_flops, generation_flops_with_cache

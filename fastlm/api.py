@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from .config import ModelConfig
 from .errors import FastLMError, FastLMTypeError, FastLMValueError
 from .generation import PromptCache, check_stop_sequences
 from .model import CausalLM
+from .runtime import StepThreads, apply_to_this_thread, get_num_threads
 from .text import Clock, GenerationResult, StreamPiece, TextRow, Usage, check_stop
 from .tokenizer import Tokenizer
 from .sampling import Sampler
@@ -50,8 +52,15 @@ class LanguageModel:
       (:mod:`fastlm.structured`).
 
     They return :class:`~fastlm.text.GenerationResult` (``str()`` of it is the text) or stream
-    :class:`~fastlm.text.StreamPiece` s. A ``LanguageModel`` may be shared by threads: the weights are
-    read-only and every call keeps its own cache, workspace and sampler.
+    :class:`~fastlm.text.StreamPiece` s.
+
+    **Threads.** One LanguageModel may serve any number of Python threads at once, with no lock: every call
+    keeps its own state (KV cache, activation workspace, sampler and its scratch, random generator, stream
+    decoder, chat-template budget) and shares only what nothing writes after loading (weights, RoPE tables,
+    the tokenizer). A call's tokens depend on its prompt, options and ``seed`` alone, never on what other
+    threads run meanwhile. Each call runs its kernels on :func:`fastlm.set_num_threads` OpenMP threads of its
+    own, so calls in parallel share the cores; a :class:`fastlm.Sampler` passed in (``sampler=``) is the
+    caller's and must not be used by two calls at once; a :class:`ChatSession` belongs to one thread.
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, source: Path, metadata: dict[str, Any]):
@@ -143,14 +152,23 @@ class LanguageModel:
         clock = Clock()
         engine = generation.stream_steps(self.model, prompts, max_new_tokens, hooks=rows,
                                          prompt_cache=prompt_cache, **options)
-        while True:
-            try:
-                events = next(engine)
-            except StopIteration as done:
-                generations = done.value
-                break
-            clock.mark()
-            yield [_piece(rows[event.row], event) for event in events]
+        threads = StepThreads(get_num_threads())          # steps on all threads or one: the faster
+        apply_to_this_thread(threads.best)
+        try:
+            for step in itertools.count():
+                start = time.perf_counter()
+                try:
+                    events = next(engine)
+                except StopIteration as done:
+                    generations = done.value
+                    break
+                if step:                                  # the first step includes the prefill
+                    threads.record(time.perf_counter() - start)
+                apply_to_this_thread(threads.next_step())
+                clock.mark()
+                yield [_piece(rows[event.row], event) for event in events]
+        finally:
+            apply_to_this_thread()
         timings = clock.timings(sum(map(len, prompts)), sum(len(g.tokens) for g in generations), len(prompts))
         results = [_result(prompt, row, gen.tokens.tolist(), gen.finish_reason, gen.logprobs, gen.top_logprobs,
                            timings, prompt_cache.reused if prompt_cache else 0)

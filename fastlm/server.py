@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from .api import LanguageModel, TextRequest
 from .errors import FastLMError
+from .runtime import apply_to_this_thread
 
 MAX_BODY_BYTES = 1 << 20
 # The web chat at /: one static page, no external resources (it streams from /v1/chat/completions).
@@ -117,6 +118,7 @@ class Engine:
         self.jobs[id(job.text.request)] = job
 
     def _run(self) -> None:
+        apply_to_this_thread()                  # OpenMP counts threads per calling thread: give this one its count
         while not self._stop.is_set():
             if not self.batch.rows:
                 try:                            # idle: wait for work without spinning

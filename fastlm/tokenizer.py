@@ -14,12 +14,14 @@ stream always adds up to ``decode`` of the same ids, and a character split acros
 from __future__ import annotations
 
 import codecs
+import contextvars
 import functools
 import json
 import operator
 import re
+import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -251,7 +253,11 @@ class Tokenizer:
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text(encoding="utf-8")
         elif isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
-            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+            template = next((t.get("template") for t in template if isinstance(t, Mapping)
+                             and t.get("name") == "default"), None)
+        if template is not None and not isinstance(template, str):
+            raise ModelFormatError(f"{path / 'tokenizer_config.json'}: chat_template must be a string or a list of "
+                                   f"named templates, got {template!r:.80}")
         return cls(rust, pieces, (i for i, tok in added.items() if tok.special), bos_token_id=bos, eos_token_id=eos,
                    end_of_turn_ids=end_of_turn, bos_token=bos_token or "", eos_token=eos_token or "",
                    strip_leading_space=strip, chat_template=template)
@@ -293,11 +299,9 @@ class Tokenizer:
                 isinstance(m, Mapping) for m in messages):
             raise FastLMTypeError("messages must be a list of dicts such as {'role': 'user', 'content': 'hi'}")
         template = _compile_chat_template(self.chat_template)
-        try:
-            return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   bos_token=self._bos_token, eos_token=self._eos_token, **variables)
-        except jinja2.TemplateError as err:
-            raise FastLMValueError(f"the chat template rejected these messages: {err}") from err
+        variables = dict(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self._bos_token,
+                         eos_token=self._eos_token, **variables)
+        return _render(template, variables)
 
 
 # --------------------------------------------------------------------------------------------- model assembly
@@ -324,10 +328,13 @@ def _sentencepiece_bpe(tokens: list[str], scores: list[float], types: list[int],
     # SentencePiece merges the adjacent pair whose joined text is the highest-scoring token; as BPE merge ranks
     # that is every split of each token into two vocabulary pieces, ordered by the token's score.
     vocab = {tok: i for i, tok in enumerate(tokens)}
+    lengths = sorted({len(tok) for tok in tokens} - {0})    # a left piece is a token: only its lengths can cut
     ranked = []
     for i, tok in enumerate(tokens):
         if types[i] in (_NORMAL, _USER_DEFINED):
-            for cut in range(1, len(tok)):
+            for cut in lengths:
+                if cut >= len(tok):
+                    break
                 left, right = tok[:cut], tok[cut:]
                 if left in vocab and right in vocab:
                     ranked.append((-scores[i], i, vocab[left], vocab[right], left, right))
@@ -363,6 +370,17 @@ def _decoder_style(decoder: Mapping | None, file: Path) -> tuple[bool, bool]:
 
 
 # -------------------------------------------------------------------------------------------- chat templates
+# A chat template is code from the model file. It runs in jinja2's immutable sandbox (no attribute that starts
+# with "_", no mutating methods, no file system: include / import / extends are refused when it compiles), and
+# under two bounds per render, checked as it runs: CPU time, and the characters it builds.
+CHAT_TEMPLATE_SECONDS = 1.0          # CPU time of the rendering thread (other threads' load does not count)
+CHAT_TEMPLATE_MAX_CHARS = 1 << 20    # plus 8 x the size of the messages and variables themselves
+
+
+class _TemplateLimit(Exception):
+    """A chat template hit a bound while rendering."""
+
+
 def _raise_exception(message: str):
     raise jinja2.TemplateError(message)
 
@@ -373,18 +391,161 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+def _size(value: Any, limit: int, ints: bool = False) -> int:
+    """Characters and items in ``value``, nested strings and containers included; with ``ints``, an integer
+    counts as its value (as an argument it is a width or a count to the functions that amplify). Counting
+    stops past ``limit``."""
+    if ints and isinstance(value, int) and not isinstance(value, bool):
+        return min(abs(value), limit + 1)
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, (list, tuple, dict, set, frozenset)):
+            total += len(v)
+            stack.extend(v.values() if isinstance(v, dict) else v)
+            if isinstance(v, dict):
+                stack.extend(v)
+    return total
+
+
+class _Budget:
+    """One render's bounds: a CPU-time deadline, and ``max_chars`` for any value and for all output."""
+
+    def __init__(self, max_chars: int):
+        self.deadline = time.thread_time() + CHAT_TEMPLATE_SECONDS
+        self.max_chars, self.emitted = max_chars, 0
+
+    def tick(self) -> None:
+        if time.thread_time() > self.deadline:
+            raise _TemplateLimit(f"ran for more than {CHAT_TEMPLATE_SECONDS} s of CPU time")
+
+    def check(self, value: Any, what: str = "a value") -> Any:
+        if _size(value, self.max_chars) > self.max_chars:
+            raise _TemplateLimit(f"built {what} of more than {self.max_chars} characters")
+        return value
+
+    def before_call(self, args: Sequence, kwargs: Mapping) -> list:
+        """Tick, materialise iterator arguments (so their size is known) and refuse a call whose result may
+        exceed the bound: sizes add up, and any two can multiply (join: items x separator; replace: matches x
+        replacement; center / ljust / range: a width)."""
+        self.tick()
+        args = [list(a) if isinstance(a, Iterator) else a for a in args]
+        sizes = sorted(_size(a, self.max_chars, ints=True) for a in [*args, *kwargs.values()])
+        if sum(sizes) > self.max_chars or (len(sizes) > 1 and sizes[-1] * sizes[-2] > self.max_chars):
+            raise _TemplateLimit(f"called a function on arguments that could build more than {self.max_chars} "
+                                 "characters")
+        return args
+
+    def emit(self, value: Any) -> Any:
+        """Count what an output statement writes, wherever it goes (the result, a macro, a set block)."""
+        self.tick()
+        self.emitted += _size(value, self.max_chars) if isinstance(value, (str, list, tuple, dict)) else \
+            len(str(value))
+        if self.emitted > self.max_chars:
+            raise _TemplateLimit(f"wrote more than {self.max_chars} characters")
+        return value
+
+
+_budget: contextvars.ContextVar[_Budget] = contextvars.ContextVar("fastlm_chat_template_budget")
+
+
+def _iterate(iterable: Any) -> Iterator:
+    """What a template's for loop iterates: the deadline is checked at every item."""
+    budget = _budget.get()
+    for item in iterable:
+        budget.tick()
+        yield item
+
+
+def _bounded(function: Callable) -> Callable:
+    """A filter under the budget; it keeps the function's jinja2 markers (pass_context, ...)."""
+    @functools.wraps(function)
+    def bounded(*args, **kwargs):
+        budget = _budget.get()
+        return budget.check(function(*budget.before_call(args, kwargs), **kwargs))
+    return bounded
+
+
+class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with every call and arithmetic operator under the render's budget."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%", "//"})
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805  (jinja2's own signature)
+        budget = _budget.get()
+        args = budget.before_call(args, kwargs)
+        return budget.check(super().call(__context, __obj, *args, **kwargs))
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        budget = _budget.get()
+        budget.tick()
+        if isinstance(left, int) and isinstance(right, int):
+            # Only huge integers cost: bound the result's bits before computing it.
+            if ((operator == "**" and right > 0 and abs(left) > 1 and right * abs(left).bit_length() > 1 << 16)
+                    or (operator == "*" and left.bit_length() + right.bit_length() > 1 << 16)):
+                raise _TemplateLimit(f"computed an integer of more than {1 << 16} bits")
+        elif operator == "*":          # repetition: "a" * n, [x] * n
+            budget.before_call((left, right), {})
+        return budget.check(super().call_binop(context, operator, left, right))
+
+
+def _bound_tree(tree: jinja2.nodes.Template) -> jinja2.nodes.Template:
+    """Refuse other templates; route every loop's items and every output through the budget."""
+    nodes = jinja2.nodes
+    if any(True for _ in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))):
+        raise ModelFormatError("the model's chat template uses extends, include or import: a chat template must "
+                               "stand alone")
+    wrap = lambda node, name: nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)  # noqa: E731
+    for loop in tree.find_all(nodes.For):
+        loop.iter = wrap(loop.iter, "_fastlm_iterate")
+    for output in tree.find_all(nodes.Output):
+        output.nodes = [wrap(node, "_fastlm_emit") for node in output.nodes]
+    for concat in list(tree.find_all(nodes.Concat)):
+        concat.nodes = [wrap(node, "_fastlm_check") for node in concat.nodes]
+    return tree
+
+
 @functools.lru_cache(maxsize=16)
 def _compile_chat_template(source: str) -> jinja2.Template:
-    """Compile a template in a sandbox, with the helpers Hugging Face transformers gives chat templates."""
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=["jinja2.ext.loopcontrols"])
+    """Compile a template in the bounded sandbox, with the helpers Hugging Face transformers gives chat
+    templates."""
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
+    env.filters = {name: _bounded(f) for name, f in env.filters.items()}
+    env.filters.update(_fastlm_iterate=_iterate, _fastlm_emit=lambda v: _budget.get().emit(v),
+                       _fastlm_check=lambda v: _budget.get().check(v))
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
-        return env.from_string(source)
+        return env.from_string(_bound_tree(env.parse(source)))
     except jinja2.TemplateSyntaxError as err:
         raise ModelFormatError(f"the model's chat template does not compile: {err}") from err
+    except (RecursionError, MemoryError) as err:
+        raise ModelFormatError(f"the model's chat template is too deeply nested to compile ({err!r})") from err
+
+
+def _render(template: jinja2.Template, variables: dict[str, Any]) -> str:
+    """``template`` rendered under a fresh budget (per call, so threads never share one)."""
+    budget = _Budget(CHAT_TEMPLATE_MAX_CHARS + 8 * _size(variables, 1 << 40))
+    token = _budget.set(budget)
+    try:
+        return "".join(template.generate(**variables))
+    except _TemplateLimit as err:
+        raise ModelFormatError(f"the model's chat template {err}: stopped") from None
+    except jinja2.sandbox.SecurityError as err:
+        raise ModelFormatError(f"the model's chat template broke the sandbox's rules: {err}") from None
+    except jinja2.TemplateError as err:
+        raise FastLMValueError(f"the chat template rejected these messages: {err}") from err
+    except RecursionError:
+        raise ModelFormatError("the model's chat template recursed too deeply: stopped") from None
+    except MemoryError:
+        raise ModelFormatError("the model's chat template ran out of memory: stopped") from None
+    except Exception as err:     # the template's own bug: 1 / 0, "a" + 1, ...
+        raise ModelFormatError(f"the model's chat template failed: {type(err).__name__}: {err}") from err
+    finally:
+        _budget.reset(token)
 
 
 # -------------------------------------------------------------------------------------------- metadata access
@@ -429,7 +590,7 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _read_json(file: Path) -> dict:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ModelFormatError(f"cannot read {file}: {err}") from err
     if not isinstance(data, dict):
         raise ModelFormatError(f"{file} does not hold a JSON object")
@@ -438,4 +599,5 @@ def _read_json(file: Path) -> dict:
 
 def _token_content(token: Any) -> str | None:
     """tokenizer_config.json names a token as a string or as an AddedToken dict."""
-    return token.get("content") if isinstance(token, Mapping) else token if isinstance(token, str) else None
+    content = token.get("content") if isinstance(token, Mapping) else token
+    return content if isinstance(content, str) else None

@@ -212,7 +212,7 @@ def test_chat_template_errors(tiny_bpe):
         tiny_bpe.apply_chat_template("hi")
     sandbox_escape = "{{ messages.__class__.__mro__ }}"
     tok = Tokenizer.from_gguf_metadata(byte_level_metadata(**{"tokenizer.chat_template": sandbox_escape}))
-    with pytest.raises(FastLMValueError):
+    with pytest.raises(ModelFormatError, match="sandbox"):
         tok.apply_chat_template([])
 
 

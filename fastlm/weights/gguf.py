@@ -274,6 +274,8 @@ class GGUFFile:
                     self._fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) lies outside the "
                                f"file: the data section holds {max(data_size, 0)} bytes")
             self.tensors[name] = TensorInfo(name, shape, qtype, self.data_offset + offset, nbytes)
+        _check_disjoint([(t.offset, t.offset + t.nbytes) for t in self.tensors.values() if t.nbytes is not None],
+                        self._fail)
 
     def _tensor_info(self, i: int) -> tuple[str, tuple[int, ...], int, int]:
         name = self._string(f"the name of tensor #{i}")
@@ -309,6 +311,15 @@ class GGUFFile:
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
         return np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
+
+
+def _check_disjoint(spans: list[tuple[int, int]], fail) -> None:
+    """Tensors' byte ranges [begin, end) may not overlap: one region read as two tensors lets a small file
+    pose as a large model."""
+    spans = sorted(spans)
+    for (_, end), (begin, _) in zip(spans, spans[1:]):
+        if begin < end:
+            fail(f"tensors overlap in the data section (bytes {begin} to {end} of the file)")
 
 
 def _map_file(path: Path, kind: str) -> mmap.mmap:
@@ -457,6 +468,8 @@ def load_gguf(path, dtype=np.float32, quantized: bool = False
     if dtype not in (np.float32, np.float64):
         raise FastLMTypeError(f"dtype must be float32 or float64, got {dtype}")
     config, gguf = read_config(path)
+    if config.num_layers > len(gguf.tensors):     # before listing the shapes of that many layers
+        gguf._fail(f"{config.arch}.block_count = {config.num_layers}, more layers than the file has tensors")
     shapes = parameter_shapes(config)
     where = _file_tensors(config, gguf)
     used = {file_name for file_name, _, _ in where.values()} | ({"rope_freqs.weight"} if

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import ModelConfig, llama3_rope_divisors, parameter_shapes
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
-from .gguf import _map_file
+from .gguf import _check_disjoint, _map_file
 from .quant import GGMLType, dequantize
 
 __all__ = ["load_safetensors", "read_config", "permute_rotate_half", "MODEL_TYPES"]
@@ -57,7 +57,7 @@ class _SafetensorsFile:
             self._fail(f"header length {n} exceeds the file ({size} bytes) or the {MAX_HEADER_BYTES}-byte limit")
         try:
             header = json.loads(self._map[8:8 + n])
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             self._fail(f"header is not valid JSON: {e}")
         if not isinstance(header, dict):
             self._fail("header is not a JSON object")
@@ -77,6 +77,7 @@ class _SafetensorsFile:
                 self._fail(f"tensor {name!r} has data offsets [{begin}, {end}] outside the file's "
                            f"{data_size} bytes of data")
             self.tensors[name] = (dtype, tuple(shape), data_start + begin, data_start + end)
+        _check_disjoint([(begin, end) for _, _, begin, end in self.tensors.values()], self._fail)
 
     def _fail(self, problem: str):
         raise ModelFormatError(f"{self.path}: {problem}")
@@ -97,7 +98,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelFormatError(f"{path}: cannot read as JSON: {e}") from None
 
 
@@ -301,6 +302,9 @@ def load_safetensors(path, dtype=np.float32) -> tuple[ModelConfig, dict[str, np.
             if name in where:
                 raise ModelFormatError(f"{shard.path}: tensor {name!r} is also in {where[name].path}")
             where[name] = shard
+    if config.num_layers > len(where):             # before listing the names of that many layers
+        raise ModelFormatError(f"{root / 'config.json'}: num_hidden_layers = {config.num_layers}, more layers "
+                               f"than the checkpoint has tensors")
     names = _hf_names(config, cfg["model_type"])
     used = {hf for hf, _, _ in names.values()}
     tied_head = {"lm_head.weight"} if config.tie_weights else set()   # a tied copy some checkpoints keep

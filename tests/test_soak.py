@@ -1,0 +1,45 @@
+"""Long runs, short: repeated calls and load/unload cycles of a tiny model keep memory and memory maps flat
+(bench/soak.py runs the real model for 10,000 calls and 1,000 loads)."""
+import gc
+
+import pytest
+
+import fastlm
+from bench.soak import maps_of, rss_mb
+from fuzz.seeds import model_gguf
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(model_gguf("Q8_0"))
+    return path
+
+
+def test_repeated_calls_do_not_grow_memory(tiny_model):
+    lm = fastlm.load(tiny_model)
+    calls = [lambda i: lm.generate("ab", 8, seed=i), lambda i: list(lm.stream("Hello", 8, seed=i)),
+             lambda i: lm.chat([{"role": "user", "content": "ab"}], 8, seed=i)]
+    for i in range(100):
+        calls[i % 3](i)
+    gc.collect()
+    before = rss_mb()
+    for i in range(900):
+        calls[i % 3](i)
+    gc.collect()
+    assert rss_mb() - before < 4
+
+
+def test_load_unload_cycles_release_maps_and_memory(tiny_model):
+    for _ in range(20):
+        fastlm.load(tiny_model).generate("ab", 2, seed=0)
+    gc.collect()
+    before = rss_mb()
+    for _ in range(300):
+        lm = fastlm.load(tiny_model)
+        lm.generate("ab", 2, seed=0)
+        assert maps_of(tiny_model) == 1
+        del lm
+    gc.collect()
+    assert maps_of(tiny_model) == 0
+    assert rss_mb() - before < 4
