@@ -15,7 +15,7 @@ import numpy as np
 
 from fastlm.config import ModelConfig
 from fastlm.quantize import quantize
-from fastlm.reference import init_parameters
+from fastlm.config import init_parameters
 from fastlm.weights.safetensors import _hf_names
 from fastlm.weights.gguf_writer import GGUFValue, TensorSpec, ValueType, write_gguf
 
@@ -142,7 +142,7 @@ def safetensors_bytes(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], he
 
 def model_safetensors(dtype: str = "F32") -> bytes:
     """The tiny tied model as a Hugging Face checkpoint's model.safetensors (F32, F16 or BF16)."""
-    tensors, hf = {}, {ours: theirs for theirs, ours in _hf_names(CONFIG).items()}
+    tensors, hf = {}, {ours: theirs for ours, (theirs, _, _) in _hf_names(CONFIG, "llama").items()}
     for name, w in init_parameters(CONFIG, seed=0).items():
         w32 = w.astype(np.float32)
         raw = {"F32": w32, "F16": w32.astype(np.float16), "BF16": (w32.view(np.uint32) >> 16).astype(np.uint16)}
