@@ -39,7 +39,7 @@ typedef struct {
 } blk_traits;
 
 #ifdef BLK_KERNELS
-#define BLK_DOTS(T) {ql_dot_##T##_portable, QL_AVX2_DOT(T), 0, 0, 0}
+#define BLK_DOTS(T) {ql_dot_##T##_portable, QL_AVX2_DOTS(T)}
 #define BLK_VEC(T) ql_decode_avx2_##T
 #else
 #define BLK_DOTS(T) {0, 0, 0, 0, 0}

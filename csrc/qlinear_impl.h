@@ -317,6 +317,22 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int c, co
     }
 }
 
+/* madd(w0, a0) + madd(w1, a1) in int32 lanes: two madds and an add (AVX2), or a madd and one vpdpwssd
+ * (AVX-VNNI's VEX form, or AVX-512 VNNI's EVEX form on ymm registers), the same exact sums. vpdpwssd is written
+ * as inline assembly so that this AVX2-compiled template serves all three levels; cpu_isa.h's probe picks a
+ * VNNI kernel only where the CPU has the instruction. */
+QL_AVX2_INLINE __m256i ql_pair_dot(const int ISA, __m256i w0, __m256i a0, __m256i w1, __m256i a1)
+{
+    __m256i acc = _mm256_madd_epi16(w0, a0);
+    if (ISA == FL_ISA_AVX_VNNI)
+        __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w1), "x"(a1));
+    else if (ISA == FL_ISA_AVX512_VNNI)
+        __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w1), "x"(a1));
+    else
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w1, a1));
+    return acc;
+}
+
 /* The 32-element formats, whose dl (and m) per block are its fp16 d (and m) as stored. */
 #define QL_FP16_SCALES(qt) (BLK_ELEMS(qt) == 32)
 
@@ -337,8 +353,8 @@ QL_AVX2_INLINE __m128 ql_cvt4_fp16(const uint16_t *h)
  * int32). Two unpack + add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes
  * r0 r1 r2 r3 | r0 r1 r2 r3), converted and fma'd with (dl of the 4 rows) * d_a into one float accumulator per
  * activation row; the offsets m add m * s_a, the 4 rows in one xmm fma. */
-QL_AVX2_INLINE void ql_block_avx2(const int QT, const uint8_t *w, size_t row_bytes, int nc, const ql_act *a,
-                                  int k, float *out, int ld_out, float beta, int R, const int J)
+QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
+                                  const ql_act *a, int k, float *out, int ld_out, float beta, int R, const int J)
 {
     const int CPB = BLK_ELEMS(QT) / 32, BS = BLK_BYTES(QT);
     __m256 acc[QL_JMAX];
@@ -380,8 +396,7 @@ QL_AVX2_INLINE void ql_block_avx2(const int QT, const uint8_t *w, size_t row_byt
                 const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
                 __m256i p[4];
                 for (int i = 0; i < 4; i++)
-                    p[i] = i < R ? _mm256_add_epi32(_mm256_madd_epi16(w0[i], a0), _mm256_madd_epi16(w1[i], a1))
-                                 : _mm256_setzero_si256();
+                    p[i] = i < R ? ql_pair_dot(ISA, w0[i], a0, w1[i], a1) : _mm256_setzero_si256();
                 const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
                 const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
                 const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
@@ -405,8 +420,8 @@ QL_AVX2_INLINE void ql_block_avx2(const int QT, const uint8_t *w, size_t row_byt
 }
 
 /* Rows r of w in register blocks of 4 (the last one R < 4), the activation rows in blocks of QL_JMAX. */
-QL_AVX2_INLINE void ql_dot_avx2_t(const int QT, const ql_act *a, int n, int k, const uint8_t *w, size_t row_bytes,
-                                  int rows, float *out, int ld_out, float beta)
+QL_AVX2_INLINE void ql_dot_avx2_t(const int ISA, const int QT, const ql_act *a, int n, int k, const uint8_t *w,
+                                  size_t row_bytes, int rows, float *out, int ld_out, float beta)
 {
     const int nc = k / 32;
     for (int r = 0; r < rows; r += 4) {
@@ -417,21 +432,25 @@ QL_AVX2_INLINE void ql_dot_avx2_t(const int QT, const ql_act *a, int n, int k, c
             const ql_act aj = {a->q + (size_t)j * k, a->d + (size_t)j * nc, a->s + (size_t)j * nc,
                                a->sl + (size_t)j * nc, a->sh + (size_t)j * nc};
             float *oj = out + (size_t)j * ld_out + r;
-            if (QL_JMAX >= 4 && J == 4) ql_block_avx2(QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 4);
-            else if (QL_JMAX >= 3 && J == 3) ql_block_avx2(QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 3);
-            else if (J == 2) ql_block_avx2(QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 2);
-            else ql_block_avx2(QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 1);
+            if (QL_JMAX >= 4 && J == 4) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 4);
+            else if (QL_JMAX >= 3 && J == 3) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 3);
+            else if (J == 2) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 2);
+            else ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 1);
         }
     }
 }
 
-#define X(T)                                                                                                   \
-QL_AVX2 static void ql_dot_##T##_avx2(const ql_act *a, int n, int k, const uint8_t *w, size_t row_bytes, int rows, \
-                                      float *out, int ld_out, float beta)                                      \
-{ ql_dot_avx2_t(BLK_##T, a, n, k, w, row_bytes, rows, out, ld_out, beta); }
+/* ql_dot_<T>_avx2, ql_dot_<T>_avx_vnni, ql_dot_<T>_avx512_vnni: the kernel of each level for every format. */
+#define QL_DOT_ISA(T, SUFFIX, ISA)                                                                             \
+QL_AVX2 static void ql_dot_##T##_##SUFFIX(const ql_act *a, int n, int k, const uint8_t *w, size_t row_bytes,       \
+                                         int rows, float *out, int ld_out, float beta)                         \
+{ ql_dot_avx2_t(ISA, BLK_##T, a, n, k, w, row_bytes, rows, out, ld_out, beta); }
+#define X(T) QL_DOT_ISA(T, avx2, FL_ISA_AVX2) QL_DOT_ISA(T, avx_vnni, FL_ISA_AVX_VNNI)                          \
+             QL_DOT_ISA(T, avx512_vnni, FL_ISA_AVX512_VNNI)
 BLK_QUANT_TYPES(X)
 #undef X
-#define QL_AVX2_DOT(T) ql_dot_##T##_avx2
+#undef QL_DOT_ISA
+#define QL_AVX2_DOTS(T) ql_dot_##T##_avx2, ql_dot_##T##_avx_vnni, 0, ql_dot_##T##_avx512_vnni
 
 /* ---- F16: float activations, 4 weight rows x 3 activation rows, weights converted by F16C */
 QL_AVX2_INLINE void ql_small_f16_avx2_block(const float *x, const uint8_t *w, int k, float *out, int ld_out, float beta,
@@ -520,7 +539,7 @@ X(Q5_0) X(Q5_1) X(Q2_K) X(Q3_K) X(Q4_K) X(Q5_K) X(Q6_K) X(IQ4_NL) X(IQ4_XS)
 
 #else  /* not x86: no AVX2 kernels (fl_cpu_isa() is FL_ISA_PORTABLE), the vectorized decoders are the portable */
 
-#define QL_AVX2_DOT(T) 0
+#define QL_AVX2_DOTS(T) 0, 0, 0, 0
 #define ql_decode_avx2_F32 blk_decode_f32_F32
 #define ql_decode_avx2_F16 blk_decode_f32_F16
 #define ql_decode_avx2_BF16 blk_decode_f32_BF16
