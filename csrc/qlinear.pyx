@@ -4,12 +4,12 @@
 #
 # Paths, chosen per call from N (DEC_N_MIN / PANEL_N_MIN per type):
 #   N < DEC_N_MIN (decode, small batches):
-#     every quantized format  x rounded once per call to int16 blocks of 32 (d = max|x| / 32767, d * sum q and
-#                         the halves' sums), integer chunk dots on the weights unpacked to int16 (AVX2 madd, int32
-#                         sums), float accumulation; 4 weight rows x up to 4 activation rows. ggml's int8
-#                         activations (Q8_1 / Q8_K) cost too much: SmolLM2-135M's teacher-forced greedy choices
-#                         agreed with the float path 233 of 240 times with them, 240 of 240 with int16, at the same
-#                         speed. The kernel per format and SIMD level comes from ggml_types.h's table.
+#     block formats       x rounded once per call to int16 blocks of 32 (d = max|x| / 32767, d * sum q and
+#                         the halves' sums), integer chunk dots on the weights unpacked to int16 (AVX2 madd or
+#                         VNNI vpdpwssd, int32 sums), float accumulation; 4 weight rows x up to 4 activation rows.
+#                         ggml's int8 activations (Q8_1 / Q8_K) cost too much: SmolLM2-135M's teacher-forced
+#                         greedy choices agreed with the float path 233 of 240 times with them, 240 of 240 with
+#                         int16, at the same speed. The kernel per format and SIMD level is ggml_types.h's.
 #     F16                 float x, F16C conversion + FMA, 4 weight rows x 3 activation rows.
 #   DEC_N_MIN <= N < PANEL_N_MIN, "decode-and-dot": 4 weight rows at a time decoded into a per-thread float
 #     buffer (L1) and multiplied by linear_impl.h's small-batch float kernel.
@@ -64,6 +64,8 @@ def set_isa(str name):
     if name not in CPU_ISAS:
         raise FastLMValueError(f"set_isa: {name!r} is not a SIMD level this CPU runs; it runs {CPU_ISAS}")
     _ql_isa = ISA_NAMES.index(name)
+
+
 cdef Py_ssize_t _allocations = 0   # calls that allocated their own scratch (scratch=None)
 
 
