@@ -346,8 +346,9 @@ QL_AVX2_INLINE __m128 ql_cvt4_fp16(const uint16_t *h)
 #endif
 
 /* out[:J, :R] = int dots of R <= 4 weight rows with J <= QL_JMAX activation rows (+ beta * out). QT and J are
- * constants. Per weight block, each row's scales are decoded once (ql_scales_avx2) and its lines of the rows
- * QL_PF_ROWS further on prefetched; per chunk c of 32: each weight row's chunk is unpacked to 2 x 16 int16 once
+ * constants (rows past R are computed on row 0's blocks, not stored: no branch per row in the loops). Per
+ * weight block, each row's scales are decoded once (ql_scales_avx2) and its lines of the rows QL_PF_ROWS further
+ * on prefetched; per chunk c of 32: each weight row's chunk is unpacked to 2 x 16 int16 once
  * and serves the J activation rows; each activation block is loaded once and serves the 4 weight rows. madd:
  * int16 pairs into int32 lanes (|w| <= 4096, |q_a| <= 32768: 16 products per lane after the folds stay within
  * int32). Two unpack + add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes
@@ -363,17 +364,16 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
     for (int blk = 0; blk < nc / CPB; blk++) {
         float dl[4][8], m0[4][8], m1[4][8];
         int16_t sc[4][16];
-        uint16_t hd[4] = {0, 0, 0, 0}, hm[4] = {0, 0, 0, 0};
+        uint16_t hd[4], hm[4];
         const uint8_t *bp[4];
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < 4; i++) {           /* rows past R compute on row 0's blocks and are not stored */
             bp[i] = w + (size_t)(i < R ? i : 0) * row_bytes + (size_t)blk * BS;
-            for (int c = 0; c < CPB; c++) dl[i][c] = m0[i][c] = m1[i][c] = 0.0f;
-            if (i >= R) continue;
-            for (int o = 0; o < BS; o += 64)
-                _mm_prefetch((const char *)((uintptr_t)bp[i] + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
+            if (i < R)
+                for (int o = 0; o < BS; o += 64)
+                    _mm_prefetch((const char *)((uintptr_t)bp[i] + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
             if (QL_FP16_SCALES(QT)) {           /* dl (and m) are the block's fp16 values: 4 rows in one cvtph */
                 hd[i] = blk_u16(bp[i]);
-                if (BLK_HAS_MIN(QT)) hm[i] = blk_u16(bp[i] + 2);
+                hm[i] = BLK_HAS_MIN(QT) ? blk_u16(bp[i] + 2) : 0;
             } else {
                 ql_scales_avx2(QT, bp[i], dl[i], m0[i], m1[i], sc[i]);
             }
@@ -381,22 +381,20 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
         for (int cb = 0; cb < CPB; cb++) {
             const int c = blk * CPB + cb;
             __m256i w0[4], w1[4];
-            for (int i = 0; i < 4; i++) {
-                if (i < R) ql_ints_avx2(QT, bp[i], cb, sc[i], &w0[i], &w1[i]);
-                else w0[i] = w1[i] = _mm256_setzero_si256();
-            }
+            for (int i = 0; i < 4; i++) ql_ints_avx2(QT, bp[i], cb, sc[i], &w0[i], &w1[i]);
             const __m128 dw4 = QL_FP16_SCALES(QT) ? ql_cvt4_fp16(hd) : _mm_setr_ps(dl[0][cb], dl[1][cb], dl[2][cb], dl[3][cb]);
             const __m256 dw8 = _mm256_set_m128(dw4, dw4);
-            const __m128 m04 = QL_FP16_SCALES(QT) ? ql_cvt4_fp16(hm) : _mm_setr_ps(m0[0][cb], m0[1][cb], m0[2][cb], m0[3][cb]);
-            const __m128 m14 = _mm_setr_ps(m1[0][cb], m1[1][cb], m1[2][cb], m1[3][cb]);
+            const __m128 m04 = !BLK_HAS_MIN(QT) ? _mm_setzero_ps() : QL_FP16_SCALES(QT) ? ql_cvt4_fp16(hm)
+                               : _mm_setr_ps(m0[0][cb], m0[1][cb], m0[2][cb], m0[3][cb]);
+            const __m128 m14 = BLK_SPLIT(QT) && BLK_HAS_MIN(QT) ? _mm_setr_ps(m1[0][cb], m1[1][cb], m1[2][cb], m1[3][cb])
+                                                               : _mm_setzero_ps();
             for (int j = 0; j < J; j++) {
                 const int16_t *q = a->q + (size_t)j * k + (size_t)c * 32;
                 const size_t ib = (size_t)j * nc + c;
                 const __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
                 const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
                 __m256i p[4];
-                for (int i = 0; i < 4; i++)
-                    p[i] = i < R ? ql_pair_dot(ISA, w0[i], a0, w1[i], a1) : _mm256_setzero_si256();
+                for (int i = 0; i < 4; i++) p[i] = ql_pair_dot(ISA, w0[i], a0, w1[i], a1);
                 const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
                 const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
                 const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
