@@ -34,8 +34,9 @@ class LanguageModel:
     keeps its own state (KV cache, activation workspace, sampler and its scratch, random generator, stream
     decoder, chat-template budget) and shares only what nothing writes after loading (weights, RoPE tables,
     the tokenizer). A call's tokens depend on its prompt, options and ``seed`` alone, never on what other
-    threads run meanwhile. Each call runs its kernels on :func:`fastlm.set_num_threads` OpenMP threads of its
-    own, so calls in parallel share the cores; a :class:`fastlm.Sampler` passed in (``sampler=``) is the
+    threads run meanwhile. Each call runs its kernels on up to :func:`fastlm.set_num_threads` OpenMP threads of
+    its own (:class:`fastlm.runtime.StepThreads` drops to one when the cores are taken), so calls in parallel
+    share the cores; a :class:`fastlm.Sampler` passed in (``sampler=``) is the
     caller's and must not be used by two calls at once.
     """
 
