@@ -63,17 +63,18 @@ class LanguageModel:
         options = {**defaults, "eos_token_id": sorted(self.tokenizer.eos_token_ids) or None, **options}
         decoder = self.tokenizer.decoder(prompt_ids, skip_special_tokens=True)
         events = self.model.stream([prompt_ids], max_new_tokens, **options)
-        threads = StepThreads(get_num_threads())          # steps on all threads or one: the faster
-        apply_to_this_thread(threads.best)
+        threads = StepThreads.shared(get_num_threads())   # steps on all threads or one: the faster
+        count = threads.best
         try:
             for step in itertools.count():
+                apply_to_this_thread(count)
                 start = time.perf_counter()
                 event = next(events, None)
                 if event is None:
                     break
                 if step:                                  # the first event includes the prefill
-                    threads.record(time.perf_counter() - start)
-                apply_to_this_thread(threads.next_step())
+                    threads.record(count, time.perf_counter() - start)
+                count = threads.next_step()
                 piece = decoder.push(event.token)
                 if piece:
                     yield piece
