@@ -58,9 +58,10 @@ class LanguageModel:
     keeps its own state (KV cache, activation workspace, sampler and its scratch, random generator, stream
     decoder, chat-template budget) and shares only what nothing writes after loading (weights, RoPE tables,
     the tokenizer). A call's tokens depend on its prompt, options and ``seed`` alone, never on what other
-    threads run meanwhile. Each call runs its kernels on :func:`fastlm.set_num_threads` OpenMP threads of its
-    own, so calls in parallel share the cores; a :class:`fastlm.Sampler` passed in (``sampler=``) is the
-    caller's and must not be used by two calls at once; a :class:`ChatSession` belongs to one thread.
+    threads run meanwhile. Each call runs its kernels on up to :func:`fastlm.set_num_threads` OpenMP threads of
+    its own (:class:`fastlm.runtime.StepThreads` drops to one when the cores are taken), so calls in parallel
+    share the cores; a :class:`fastlm.Sampler` passed in (``sampler=``) is the caller's and must not be used by
+    two calls at once; a :class:`ChatSession` belongs to one thread.
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, source: Path, metadata: dict[str, Any]):
@@ -152,10 +153,11 @@ class LanguageModel:
         clock = Clock()
         engine = generation.stream_steps(self.model, prompts, max_new_tokens, hooks=rows,
                                          prompt_cache=prompt_cache, **options)
-        threads = StepThreads(get_num_threads())          # steps on all threads or one: the faster
-        apply_to_this_thread(threads.best)
+        threads = StepThreads.shared(get_num_threads())   # steps on all threads or one: the faster
+        count = threads.best
         try:
             for step in itertools.count():
+                apply_to_this_thread(count)
                 start = time.perf_counter()
                 try:
                     events = next(engine)
@@ -163,8 +165,8 @@ class LanguageModel:
                     generations = done.value
                     break
                 if step:                                  # the first step includes the prefill
-                    threads.record(time.perf_counter() - start)
-                apply_to_this_thread(threads.next_step())
+                    threads.record(count, time.perf_counter() - start)
+                count = threads.next_step()
                 clock.mark()
                 yield [_piece(rows[event.row], event) for event in events]
         finally:

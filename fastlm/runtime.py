@@ -69,48 +69,54 @@ def apply_to_this_thread(n: int | None = None) -> None:
 
 
 class StepThreads:
-    """How many threads each step of one generation runs on, chosen by timing the steps.
+    """How many threads each decode step runs on, chosen by timing the steps.
 
     On a machine where other processes hold cores, a step split over every thread waits, at each of its
     parallel regions, for the thread that the scheduler has just put aside (measured here: 240 ms a step
-    instead of 12 ms on one thread); one thread never waits. So a generation times one decode step on
-    ``threads`` and one on 1, keeps the faster, and re-times the other for one step now and then, less often
-    each time the choice holds (after 16, 32, ... up to 512 steps): a machine whose load changes is
-    followed, a steady one pays next to nothing. The prefill runs on the count the last generation in this
-    process settled on. Decode results do not depend on the count: each output row is computed by one
-    thread whatever the split.
+    instead of 12 ms on one thread); one thread never waits. So the steps are timed on ``threads`` and on 1,
+    the faster is kept, and the other is re-timed for one step now and then, less often each time the
+    choice holds (after 16, 32, ... up to 512 steps): a machine whose load changes is followed, a steady one
+    pays next to nothing. One chooser serves every generation of the process (:meth:`shared`), so short
+    calls continue its schedule instead of each re-timing both counts, and a prefill runs on the current
+    choice. Decode results do not depend on the count: each output row is computed by one thread whatever
+    the split.
     """
 
     FIRST_PERIOD, LAST_PERIOD = 16, 512
-    settled: dict[int, int] = {}          # configured count -> what the last generation chose
+    _shared: dict[int, "StepThreads"] = {}
+
+    @classmethod
+    def shared(cls, threads: int) -> "StepThreads":
+        """The process's chooser for a configured count of ``threads``."""
+        return cls._shared.setdefault(threads, cls(threads))
 
     def __init__(self, threads: int):
-        self.threads = threads
-        self.best = self.settled.get(threads, threads)
-        self.other = 1 if self.best != 1 else threads
+        self.threads, self.best, self.other = threads, threads, 1
         self.recent: dict[int, list[float]] = {threads: [], 1: []}
         self.period = self.FIRST_PERIOD
-        self.plan = [self.best, self.other]
-        self.current = self.best
+        self.plan = [threads, 1]
 
     def next_step(self) -> int:
-        """The count for the coming step."""
+        """The count for the coming step (threads calling at once may share one chooser: the GIL keeps
+        its lists whole, and each step's time goes to the count it ran on)."""
         if self.threads == 1:              # one thread configured: nothing to choose
             return 1
         if not self.plan:
-            median = {n: sorted(t)[len(t) // 2] for n, t in self.recent.items()}
-            if median[self.other] < median[self.best]:
+            # The other count's latest probe against the median of the current choice's last steps.
+            best, other = sorted(self.recent[self.best]), self.recent[self.other]
+            if other and (not best or other[-1] < best[len(best) // 2]):
                 self.best, self.other, self.period = self.other, self.best, self.FIRST_PERIOD
-                self.settled[self.threads] = self.best
             else:
                 self.period = min(2 * self.period, self.LAST_PERIOD)
             self.plan = [self.best] * self.period + [self.other]
-        self.current = self.plan.pop(0)
-        return self.current
+        try:
+            return self.plan.pop(0)
+        except IndexError:                 # another thread took the last one
+            return self.best
 
-    def record(self, seconds: float) -> None:
-        """How long the step run on :meth:`next_step`'s count took."""
-        times = self.recent[self.current]
+    def record(self, threads: int, seconds: float) -> None:
+        """How long a step on ``threads`` took."""
+        times = self.recent[threads]
         times.append(seconds)
         del times[:-3]
 

@@ -61,23 +61,35 @@ def test_a_new_thread_takes_the_process_thread_count(smollm2_quantized, restore_
     assert seen[1] == 1
 
 
-def simulate(step_seconds, steps=600, threads=2):
-    """The counts StepThreads picks when a step on n threads takes step_seconds[n]."""
-    chooser, counts = StepThreads(threads), []
+def simulate(step_seconds, steps=600, chooser=None):
+    """The counts a StepThreads picks when a step on n threads takes step_seconds[n]."""
+    chooser, counts = chooser or StepThreads(2), []
     for _ in range(steps):
         counts.append(chooser.next_step())
-        chooser.record(step_seconds[counts[-1]])
+        chooser.record(counts[-1], step_seconds[counts[-1]])
     return counts
 
 
-def test_step_threads_keep_all_threads_when_they_are_faster(monkeypatch):
-    monkeypatch.setattr(StepThreads, "settled", {})
-    counts = simulate({2: 0.005, 1: 0.009})
-    assert counts.count(1) <= 8                            # the occasional re-check only
-    assert simulate({2: 0.040, 1: 0.009}).count(2) <= 8    # a busy core: one thread
-    assert StepThreads(2).best == 1                        # ... and the next generation starts there
-    assert simulate({2: 0.005, 1: 0.009})[100:].count(2) >= 95
-    assert set(simulate({1: 0.01}, threads=1)) == {1}
+def test_step_threads_keep_the_faster_count():
+    assert simulate({2: 0.005, 1: 0.009}).count(1) <= 8    # idle: all threads, the occasional re-check
+    chooser = StepThreads(2)
+    assert simulate({2: 0.040, 1: 0.009}, chooser=chooser).count(2) <= 8     # a busy core: one thread
+    back = simulate({2: 0.005, 1: 0.009}, steps=1200, chooser=chooser)           # the core came back:
+    assert back[StepThreads.LAST_PERIOD + 2:].count(1) <= 8                       # followed within a period
+    assert set(simulate({1: 0.01}, chooser=StepThreads(1))) == {1}
+
+
+def test_generations_share_one_chooser(smollm2_quantized, monkeypatch):
+    """Short calls continue one schedule: both counts are timed once, not once per call."""
+    monkeypatch.setattr(StepThreads, "_shared", {})
+    chooser, counts = StepThreads.shared(2), []
+    monkeypatch.setattr(fastlm, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(fastlm.api, "get_num_threads", lambda: 2)
+    record = chooser.record
+    monkeypatch.setattr(chooser, "record", lambda n, seconds: (counts.append(n), record(n, seconds)))
+    for seed in range(3):
+        smollm2_quantized.generate("Hi", 4, seed=seed)
+    assert len(counts) == 9 and min(counts.count(1), counts.count(2)) == 1
 
 
 @pytest.mark.parametrize("fixture", ["smollm2_quantized", "smollm2"])
