@@ -52,7 +52,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def server(lm):
-    s = Server(lm, parallel=4, ctx=512, queue_size=8, api_key=KEY, max_tokens_limit=256)
+    s = Server(lm, parallel=4, ctx=512, queue_size=16, api_key=KEY, max_tokens_limit=256)   # 16 clients fit
     yield s
     s.stop()
 
