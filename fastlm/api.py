@@ -134,12 +134,7 @@ class LanguageModel:
     # ------------------------------------------------------------------------------------------ the driver
 
     def _run(self, prompts: list[list[int]], max_new_tokens: int, options: dict, caller: str):
-        steps = self._steps(prompts, max_new_tokens, options, caller)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
+        return generation.run_to_end(self._steps(prompts, max_new_tokens, options, caller))
 
     def chat_session(self, system: str | None = None, max_len: int | None = None) -> "ChatSession":
         """A conversation that keeps its KV cache between turns (see :class:`ChatSession`)."""

@@ -47,6 +47,14 @@ class RowHook:
         return False
 
 
+def shared_prefix(cached: np.ndarray, prompt: np.ndarray) -> int:
+    """How many leading tokens ``cached`` and ``prompt`` share, leaving at least the prompt's last token
+    (its logits must be computed)."""
+    n = min(len(cached), len(prompt) - 1)
+    differ = np.flatnonzero(cached[:n] != prompt[:n])
+    return int(differ[0]) if differ.size else n
+
+
 class PromptCache:
     """The KV cache of one conversation kept between calls: ``tokens`` are the positions it holds. A call
     given it reuses the longest common prefix of those tokens and its prompt and prefills only the rest
@@ -64,9 +72,7 @@ class PromptCache:
     def reuse(self, prompt: np.ndarray) -> int:
         """Keep the positions shared with ``prompt`` (at least its last token is left to compute, for its
         logits) and return how many."""
-        n = min(len(self.tokens), len(prompt) - 1)
-        same = np.flatnonzero(self.tokens[:n] != prompt[:n])
-        common = int(same[0]) if same.size else n
+        common = shared_prefix(self.tokens, prompt)
         self.kv.lengths[0] = common
         self.tokens = self.tokens[:common]
         self.reused = common
@@ -353,7 +359,11 @@ def generate_batch(model: "CausalLM", prompts, max_new_tokens: int, **options) -
     stop sequence of token ids or a hook, ``"length"``) and, when requested with ``logprobs=True`` /
     ``top_logprobs=n``, log-probabilities. Takes the options of :func:`stream_steps`.
     """
-    steps = stream_steps(model, prompts, max_new_tokens, **options)
+    return run_to_end(stream_steps(model, prompts, max_new_tokens, **options))
+
+
+def run_to_end(steps):
+    """Drive a step generator to its end and return what it returns."""
     while True:
         try:
             next(steps)
@@ -432,9 +442,7 @@ class PrefixStore:
         """(n, k, v): the longest prefix of ``prompt`` held, leaving at least its last token to compute."""
         best, found = 0, None
         for i, (tokens, k, v) in enumerate(self.entries):
-            n = min(len(tokens), len(prompt) - 1)
-            differ = np.flatnonzero(tokens[:n] != prompt[:n])
-            common = int(differ[0]) if differ.size else n
+            common = shared_prefix(tokens, prompt)
             if common > best:
                 best, found = common, i
         if found is None:
@@ -503,9 +511,7 @@ class ContinuousBatch:
             token = int(out.tokens[0])
             req.tokens.append(token)
             self._history[slot, length] = token
-            reason = ("eos" if token in req.eos else
-                      "stop" if req.hook is not None and req.hook.stop(token) else
-                      "length" if len(req.tokens) >= req.max_new_tokens else None)
+            reason = _finish_reason(req.tokens, req.eos, [], req.max_new_tokens, False, req.hook)
             req.finish_reason = reason
             top = (list(zip(out.top_ids[0].tolist(), out.top_logprobs[0].tolist()))
                    if out.top_ids is not None else None)
