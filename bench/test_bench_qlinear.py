@@ -1,5 +1,5 @@
 """Projections on GGUF block-quantized weights, out = x @ dequant(W).T: fastlm's `_qlinear.linear` on the raw
-blocks beside fastlm's float32 `_linear.linear` on the dequantized matrix, for F16, Q8_0, Q4_0, Q4_1, at
+blocks beside fastlm's float32 `_linear.linear` on the dequantized matrix, for F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, at
 N = 1 (decode), 8 (batched decode) and 128 (prefill).
 
 Shapes: 1536 x 576 (SmolLM2-135M's gate/up projection) and 49152 x 576 (its output projection, Q8_0 in the
@@ -17,7 +17,7 @@ from fastlm import _linear, _qlinear, _quant
 
 pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=10)
 
-QTYPES = {"F16": 1, "Q8_0": 8, "Q4_0": 2, "Q4_1": 3}
+QTYPES = {"F16": 1, "Q8_0": 8, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7}
 SHAPES = [(1536, 576), (49152, 576)]
 NS = [1, 8, 128]
 COLD_BYTES = 128 << 20          # total size of each side's copies: several times any L3

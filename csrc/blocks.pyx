@@ -29,7 +29,7 @@ include "linear_core.pxi"
 include "attention_core.pxi"
 include "qlinear_core.pxi"
 
-cdef bint _cpu_simd = lin_cpu_has_avx2_fma() and attn_cpu_has_avx2_fma() and ql_cpu_has_avx2()
+cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2) and attn_cpu_has_avx2_fma()
 include "simd_switch.pxi"
 
 

@@ -24,7 +24,7 @@ ctypedef fused floating:
 
 include "linear_core.pxi"
 
-cdef bint _cpu_simd = lin_cpu_has_avx2_fma()
+cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2)
 include "simd_switch.pxi"
 
 

@@ -2,8 +2,12 @@
 # output features split across the OpenMP threads (see linear.pyx). Included by linear.pyx and blocks.pyx.
 # Needs: floating, prange, sgemm/sgemv/dgemm/dgemv from scipy.linalg.cython_blas, omp_get_max_threads.
 
+cdef extern from "cpu_isa.h" nogil:
+    enum:
+        FL_ISA_AVX2
+    int fl_cpu_has(int isa)
+
 cdef extern from "linear_impl.h" nogil:
-    int lin_cpu_has_avx2_fma()
     void lin_small_f32_avx2(const float* x, int n, int k, const float* w, int rows, float* out, int ld_out,
                             float beta)
     void lin_small_f32(const float* x, int n, int k, const float* w, int rows, float* out, int ld_out, float beta)

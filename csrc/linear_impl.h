@@ -13,13 +13,15 @@
  * Column indices are size_t: Python builds extensions with -fwrapv, under which an int index is re-extended on
  * every step, and the AVX2 loop ran at half speed.
  * The AVX2/FMA code is compiled with target attributes, not -march, so the extension loads on any x86-64;
- * linear.pyx calls it only after lin_cpu_has_avx2_fma() said yes.
+ * linear.pyx calls it only where cpu_isa.h's probe found AVX2.
  */
 #ifndef FASTLM_LINEAR_IMPL_H
 #define FASTLM_LINEAR_IMPL_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "cpu_isa.h"
 
 #define LIN_PF_ROWS 8       /* prefetch distance, in weight rows: two blocks ahead */
 
@@ -31,12 +33,6 @@
 #include <immintrin.h>
 
 #define LIN_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
-
-static int lin_cpu_has_avx2_fma(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 
 /* o[:R] = the first R lanes of s (+ beta * o), R <= 4. */
 LIN_AVX2_INLINE void lin_store4_avx2(float *o, __m128 s, float beta, const int R)
@@ -119,9 +115,8 @@ static void FN(const float *x, int n, int k, const WT *w, int rows, float *out, 
 
 LIN_AVX2_DRIVERS(lin_small_f32_avx2, float, k, "avx2,fma")
 
-#else  /* not x86: no AVX2 path; linear.pyx never calls it because lin_cpu_has_avx2_fma() is 0 */
+#else  /* not x86: no AVX2 path; linear.pyx never calls it (fl_cpu_has(FL_ISA_AVX2) is 0) */
 
-static int lin_cpu_has_avx2_fma(void) { return 0; }
 static void lin_small_f32_avx2(const float *x, int n, int k, const float *w, int rows, float *out, int ld_out,
                                float beta) {}
 

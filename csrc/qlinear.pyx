@@ -4,14 +4,15 @@
 #
 # Paths, chosen per call from N (DEC_N_MIN / PANEL_N_MIN per type):
 #   N < DEC_N_MIN (decode, small batches):
-#     Q8_0 / Q4_0 / Q4_1  x rounded once per call to int16 blocks of 32 (d = max|x| / 32767, and d * sum q),
-#                         integer block dots on the weights widened to int16 (AVX2 madd, int32 block sums), float
-#                         accumulation; 4 weight rows x up to 4 activation rows. ggml's int8 activations (Q8_1)
-#                         cost too much: SmolLM2-135M's teacher-forced greedy choices agreed with the float path
-#                         233 of 240 times with them, 240 of 240 with int16, at the same speed.
+#     block formats       x rounded once per call to int16 blocks of 32 (d = max|x| / 32767, d * sum q and
+#                         the halves' sums), integer chunk dots on the weights unpacked to int16 (AVX2 madd or
+#                         VNNI vpdpwssd, int32 sums), float accumulation; 4 weight rows x up to 4 activation rows.
+#                         ggml's int8 activations (Q8_1 / Q8_K) cost too much: SmolLM2-135M's teacher-forced
+#                         greedy choices agreed with the float path 233 of 240 times with them, 240 of 240 with
+#                         int16, at the same speed. The kernel per format and SIMD level is ggml_types.h's.
 #     F16                 float x, F16C conversion + FMA, 4 weight rows x 3 activation rows.
-#   DEC_N_MIN <= N < PANEL_N_MIN (the K-quants from N = 1), "decode-and-dot": 4 weight rows at a time decoded into
-#     a per-thread float buffer (L1) and multiplied by linear_impl.h's small-batch float kernel.
+#   DEC_N_MIN <= N < PANEL_N_MIN, "decode-and-dot": 4 weight rows at a time decoded into a per-thread float
+#     buffer (L1) and multiplied by linear_impl.h's small-batch float kernel.
 #   N >= PANEL_N_MIN (prefill): as many weight rows as fit PANEL_BYTES (L2) decoded into a per-thread float32
 #     panel, then single-threaded sgemm: float32 speed and accuracy.
 # Output rows are split across the OpenMP threads in slices (multiples of QL_SLICE_ALIGN rows); below
@@ -32,7 +33,7 @@
 # float32 sgemm at N = 128 (sgemm packs x again for each one), hence PANEL_BYTES = 1 MiB.
 #
 # Scratch (bytes, scratch_size(n, k, threads)): 64 bytes of alignment slack, one float buffer per thread (4 rows,
-# or a panel), then the rounded activations (n x k int16, and d and s per block of 32). With scratch=None each
+# or a panel), then the rounded activations (n x k int16, and d, s, sl, sh per block of 32). With scratch=None each
 # call allocates it (and allocations() counts that).
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, uint8_t, uintptr_t
@@ -47,8 +48,24 @@ from fastlm.errors import FastLMValueError
 
 include "qlinear_core.pxi"
 
-cdef bint _cpu_simd = ql_cpu_has_avx2()
+cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2)
 include "simd_switch.pxi"
+
+
+def isa():
+    """The SIMD level of the integer kernels when SIMD is on (one of ISA_NAMES; the CPU's best by default)."""
+    return ISA_NAMES[_ql_isa]
+
+
+def set_isa(str name):
+    """Run the integer kernels of SIMD level ``name`` (one of CPU_ISAS, the levels this CPU has; a level
+    without its own kernel for a type runs the one it falls back to), to test each level's kernels."""
+    global _ql_isa
+    if name not in CPU_ISAS:
+        raise FastLMValueError(f"set_isa: {name!r} is not a SIMD level this CPU runs; it runs {CPU_ISAS}")
+    _ql_isa = ISA_NAMES.index(name)
+
+
 cdef Py_ssize_t _allocations = 0   # calls that allocated their own scratch (scratch=None)
 
 
@@ -85,9 +102,9 @@ def linear(const float[:, ::1] x, const uint8_t[:, ::1] w, int qtype, float[:, :
     if n < 1 or k < 1 or rows < 1:
         raise FastLMValueError(f"qlinear: empty operand, x ({n}, {k}), w ({rows}, {row_bytes})")
     check_qtype(qtype, k)
-    if row_bytes != k // _block_elements[qtype] * _block_bytes[qtype]:
+    if row_bytes != <Py_ssize_t>_row_bytes(qtype, k):
         raise FastLMValueError(f"qlinear: w rows hold {row_bytes} bytes, but {k} elements of {NAMES[qtype]} take "
-                               f"{k // _block_elements[qtype] * _block_bytes[qtype]}")
+                               f"{_row_bytes(qtype, k)}")
     if out.shape[0] != n or out.shape[1] != rows:
         raise FastLMValueError(f"qlinear: out has shape ({out.shape[0]}, {out.shape[1]}), expected ({n}, {rows})")
     if rows > (1 << 30) or n > (1 << 24):

@@ -4,12 +4,14 @@
 from libc.stdint cimport int16_t
 
 cdef extern from "qlinear_impl.h" nogil:
-    int ql_cpu_has_avx2()
-    void ql_quant_rows(const float* x, int n, int k, int16_t* q, float* d, float* s, int simd)
-    void ql_small_q(int qtype, const int16_t* xq, const float* xd, const float* xs, int n, int k,
-                    const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta)
-    void ql_small_q_avx2(int qtype, const int16_t* xq, const float* xd, const float* xs, int n, int k,
-                         const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta)
+    enum:
+        QL_INT_N_MAX
+    void ql_quant_rows(const float* x, int n, int k, int16_t* q, float* d, float* s, float* sl, float* sh,
+                       int simd)
+    void ql_int_dot(int qtype, int isa, const int16_t* q, const float* d, const float* s, const float* sl,
+                    const float* sh, int n, int k, const uint8_t* w, size_t row_bytes, int rows, float* out,
+                    int ld_out, float beta)
+    void* ql_dot_for(int qtype, int isa)
     void ql_small_f16_avx2(const float* x, int n, int k, const uint8_t* w, int rows, float* out, int ld_out,
                            float beta)
     void ql_small_dec(int qtype, const float* x, int n, int k, const uint8_t* w, size_t row_bytes, int rows,
@@ -18,9 +20,12 @@ cdef extern from "qlinear_impl.h" nogil:
 
 include "ggml_types.pxi"
 
-# The types the kernels multiply by, and their blocks.
-QL_BLOCKS = {t: GGML_BLOCKS[t] for t in (T_F16, T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K)}
-NAMES = {T_F16: "F16", T_Q4_0: "Q4_0", T_Q4_1: "Q4_1", T_Q8_0: "Q8_0", T_Q4_K: "Q4_K", T_Q6_K: "Q6_K"}
+# The SIMD level of the integer kernels when SIMD is on: the CPU's best (qlinear.set_isa may lower it).
+cdef int _ql_isa = fl_cpu_isa()
+
+# The types the kernels multiply by: F16 and every format with integer dot kernels.
+QL_BLOCKS = {t: GGML_BLOCKS[t] for t in GGML_NAMES if t == BLK_F16 or ql_dot_for(t, FL_ISA_PORTABLE) != NULL}
+NAMES = {t: GGML_NAMES[t] for t in QL_BLOCKS}
 
 # Weight rows per panel of the prefill path: as many as fit PANEL_BYTES of float32 (in L2), a multiple of 16,
 # 16 to 256. Each sgemm call packs x again, so panels should not be too small (see qlinear.pyx).
@@ -31,23 +36,17 @@ cdef inline int _panel_rows(Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t r = PANEL_BYTES // (4 * k) // 16 * 16
     return <int>(16 if r < 16 else 256 if r > 256 else r)
 
-# Smallest N that takes the panel path, per type (by measurement, see qlinear.pyx).
-PANEL_N_MIN = {T_F16: 96, T_Q4_0: 96, T_Q4_1: 96, T_Q8_0: 96, T_Q4_K: 96, T_Q6_K: 96}
-cdef int _panel_min_any = min(PANEL_N_MIN.values())
-cdef int _panel_min[16]
-for _t, _v in PANEL_N_MIN.items():
-    _panel_min[_t] = _v
-# Smallest N that takes the decode-and-dot path instead of the integer (Q8_0/Q4_x) or F16C kernel, per type
-# (by measurement, see qlinear.pyx; the integer path's scratch grows with it: 2 * N * k bytes of activations).
-DEC_N_MIN = {T_F16: 5, T_Q4_0: 16, T_Q4_1: 16, T_Q8_0: 32, T_Q4_K: 1, T_Q6_K: 1}
-cdef int _dec_min[16]
+# Smallest N that takes the panel path (by measurement, see qlinear.pyx), the same for every type.
+cdef int _panel_min_any = 96
+PANEL_N_MIN = {t: _panel_min_any for t in QL_BLOCKS}
+# Smallest N that takes the decode-and-dot path instead of the integer or F16C kernel, per type: the table's
+# int_n_max + 1 (the integer path's scratch grows with it: 2 * N * k bytes of activations); F16C up to 4 rows.
+DEC_N_MIN = {t: 5 if t == BLK_F16 else blk_traits_of(t).int_n_max + 1 for t in QL_BLOCKS}
+cdef int _dec_min[BLK_ID_MAX + 1]
 for _t, _v in DEC_N_MIN.items():
     _dec_min[_t] = _v
-cdef int _act_below = max(DEC_N_MIN[T_Q4_0], DEC_N_MIN[T_Q4_1], DEC_N_MIN[T_Q8_0])
-cdef int _block_elements[16]
-cdef int _block_bytes[16]
-for _t, (_e, _b) in QL_BLOCKS.items():
-    _block_elements[_t], _block_bytes[_t] = _e, _b
+cdef int _act_below = max(DEC_N_MIN.values())
+assert _act_below - 1 <= QL_INT_N_MAX
 
 
 # Output rows per slice are a multiple of this (the register block is 4 rows).
@@ -56,7 +55,7 @@ cdef int QL_SLICE_ALIGN = 16
 cdef double PARALLEL_MIN_WORK = 1 << 18
 
 cdef enum:
-    M_INT = 0       # int16 activations, integer block dots
+    M_INT = 0       # int16 activations, integer dots
     M_F16 = 1       # AVX2 F16 kernel
     M_DEC = 2       # decode 4 rows, float kernel
     M_PANEL = 3     # decode a panel of rows, sgemm
@@ -72,8 +71,8 @@ cdef inline Py_ssize_t _buf_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
 
 
 cdef inline Py_ssize_t _act_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """The rounded activations of x (n, k): int16 q (2 bytes a value), float d and s per block of 32."""
-    return _align(n * k * 2) + 2 * _align(n * (k // 32) * 4)
+    """The rounded activations of x (n, k): int16 q (2 bytes a value), float d, s, sl, sh per block of 32."""
+    return _align(n * k * 2) + 4 * _align(n * (k // 32) * 4)
 
 
 cdef Py_ssize_t qlinear_scratch_size(Py_ssize_t n, Py_ssize_t k, int threads) noexcept nogil:
@@ -91,9 +90,9 @@ cdef int check_qtype(int qtype, Py_ssize_t k) except -1:
     if qtype not in QL_BLOCKS:
         raise FastLMValueError(f"qlinear: unsupported ggml type {qtype}; supported: "
                                + ", ".join(f"{v}={t}" for t, v in NAMES.items()))
-    if k < 1 or k % _block_elements[qtype]:
-        raise FastLMValueError(f"qlinear: k = {k} is not a positive multiple of {NAMES[qtype]}'s block of "
-                               f"{_block_elements[qtype]}")
+    cdef int elems = blk_traits_of(qtype).elems
+    if k < 1 or k % elems:
+        raise FastLMValueError(f"qlinear: k = {k} is not a positive multiple of {NAMES[qtype]}'s block of {elems}")
     if k > (1 << 24):
         raise FastLMValueError(f"qlinear: rows of {k} elements are too long")
     return 0
@@ -105,15 +104,20 @@ cdef struct QPart:
     int rows
 
 
+cdef inline size_t _row_bytes(int qtype, Py_ssize_t k) noexcept nogil:
+    cdef const blk_traits* t = blk_traits_of(qtype)
+    return <size_t>(k // t.elems) * t.bytes
+
+
 cdef inline int _mode(int qtype, Py_ssize_t n, bint simd) noexcept nogil:
     """The path a call over n activation rows takes for weights of ``qtype``."""
-    if n >= _panel_min[qtype]:
+    if n >= _panel_min_any:
         return M_PANEL
     if n >= _dec_min[qtype]:
         return M_DEC
-    if qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
+    if qtype != BLK_F16:
         return M_INT
-    return M_F16 if qtype == T_F16 and simd else M_DEC
+    return M_F16 if simd else M_DEC
 
 
 cdef void qlinear_run(const float* xp, const uint8_t* wp, int qtype, float* op, int ni, int ki, int mi,
@@ -138,13 +142,13 @@ cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* 
 
     # Layout: align the base to 64 bytes; per-thread float buffers, then the quantized activations.
     cdef uint8_t* base = <uint8_t*>((<uintptr_t>sp + 63) & ~(<uintptr_t>63))
-    cdef Py_ssize_t buf_bytes = _buf_bytes(n, k)
+    cdef Py_ssize_t buf_bytes = _buf_bytes(n, k), blocks = _align(n * (k // 32) * 4)
     cdef uint8_t* act = base + threads * buf_bytes
     cdef int16_t* xq = <int16_t*>act
     cdef float* xd = <float*>(act + _align(n * k * 2))
-    cdef float* xs = <float*>(act + _align(n * k * 2) + _align(n * (k // 32) * 4))
     if any_int:
-        ql_quant_rows(xp, ni, ki, xq, xd, xs, simd)
+        ql_quant_rows(xp, ni, ki, xq, xd, <float*>(<uint8_t*>xd + blocks), <float*>(<uint8_t*>xd + 2 * blocks),
+                      <float*>(<uint8_t*>xd + 3 * blocks), simd)
 
     # Slices of the rows of all the parts together; a slice crossing a part boundary does a piece of each.
     cdef int per = (mi + threads - 1) // threads
@@ -159,25 +163,25 @@ cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* 
             a = max(lo, first)
             b = min(hi, first + parts[p].rows)
             if a < b:
-                row_bytes = <size_t>(ki // _block_elements[parts[p].qtype]) * _block_bytes[parts[p].qtype]
-                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, xq, xd, xs, ni, ki,
+                row_bytes = _row_bytes(parts[p].qtype, ki)
+                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, xq, xd, blocks, ni, ki,
                        parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, mi, fbeta,
                        <float*>(base + s * buf_bytes), simd)
             first = first + parts[p].rows
 
 
-cdef void _slice(int mode, int qtype, const float* x, const int16_t* xq, const float* xd, const float* xs, int n,
-                 int k, const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta,
+cdef void _slice(int mode, int qtype, const float* x, const int16_t* xq, const float* xd, Py_ssize_t blocks,
+                 int n, int k, const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta,
                  float* buf, bint simd) noexcept nogil:
     """out[:, :rows] (leading dimension ld_out) for w's first rows rows, on one thread."""
     cdef char trans = b'T', no_trans = b'N'
     cdef float one = 1.0
     cdef int p0, pr
+    cdef const uint8_t* sums = <const uint8_t*>xd
     if mode == M_INT:
-        if simd:
-            ql_small_q_avx2(qtype, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta)
-        else:
-            ql_small_q(qtype, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta)
+        ql_int_dot(qtype, _ql_isa if simd else FL_ISA_PORTABLE, xq, xd, <const float*>(sums + blocks),
+                   <const float*>(sums + 2 * blocks), <const float*>(sums + 3 * blocks), n, k, w, row_bytes, rows,
+                   out, ld_out, beta)
     elif mode == M_F16:
         ql_small_f16_avx2(x, n, k, w, rows, out, ld_out, beta)
     elif mode == M_DEC:

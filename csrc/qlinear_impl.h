@@ -1,23 +1,25 @@
 /* Kernels of qlinear.pyx: out (n, rows) = x (n, k) @ dequant(w (rows, row_bytes)).T + beta * out on one thread,
- * with w in a GGUF block format (ggml_blocks.h). qlinear.pyx splits w's rows across the threads.
+ * with w in a GGUF block format (ggml_blocks.h). qlinear.pyx splits w's rows across the threads; the formats'
+ * table (ggml_types.h, included at the end) points at the kernels here, one per format and SIMD level.
  *
  * Three paths:
- *   - integer (Q8_0, Q4_0, Q4_1, n below qlinear.pyx's DEC_N_MIN): the activation rows are quantized once per call
- *     into blocks of 32 int16 with a float scale d = max|x| / 32767 (round to nearest: each element moves by at
- *     most d / 2) and s = d * sum(q). A weight block, widened to int16 (Q8_0 sign-extended, Q4_x's nibbles
- *     zero-extended), then dots with an activation block in integers (madd: int16 pairs into int32 lanes,
- *     |q_w| <= 128, |q_a| <= 32768, 32 products: |sum| < 2^27, exact); Q4_0's -8 offset and Q4_1's min enter
- *     as cw * s per block (cw = -8 d_w or m_w): sum (q_w - 8) q_a = sum q_w q_a - 8 sum q_a. The int32 sums
- *     are converted and fma'd with d_w * d_a into float lanes. (int8 activations, ggml's Q8_1, lost too much:
- *     greedy tokens of SmolLM2-135M agreed with the float path only 97 % of the time.)
+ *   - integer (every quantized format, n up to the table's int_n_max): the activation rows are quantized once
+ *     per call into blocks of 32 int16 with a float scale d = max|x| / 32767 (round to nearest: each element
+ *     moves by at most d / 2), with s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights
+ *     (blk_chunk's: x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation block in
+ *     integers (madd: int16 pairs into int32 lanes, exact); the formats with 16-element sub-blocks (Q2_K, Q3_K,
+ *     Q6_K) multiply their integers by the integer sub-scales first (|sc q| <= 4096, so 16 products stay below
+ *     2^31), and an offset m enters as m * s (Q2_K: m_lo * sl + m_hi * sh). The int32 sums are converted and
+ *     fma'd with dl * d into float lanes. (int8 activations, ggml's Q8_1 / Q8_K, lost too much: greedy tokens of
+ *     SmolLM2-135M agreed with the float path only 97 % of the time.)
  *   - F16 (n below DEC_N_MIN): float activations, F16C conversion of the weights, FMA.
- *   - decode-and-dot (every type from DEC_N_MIN on; Q4_K, Q6_K always; F16 without AVX2): 4 rows at a time are
- *     dequantized into a per-thread float buffer (L1) and handed to linear_impl.h's small-batch float kernels.
+ *   - decode-and-dot (every format past int_n_max; F16 without AVX2): 4 rows at a time are dequantized into a
+ *     per-thread float buffer (L1) and handed to linear_impl.h's small-batch float kernels.
  * The panel path of large n (prefill) lives in qlinear.pyx: ql_decode_rows() below into a float panel, sgemm.
  *
  * Register blocks (AVX2): integer path 4 weight rows x up to QL_JMAX = 4 activation rows (the 4 rows' block sums
- * folded into one vector, one float accumulator per activation row); F16 4 x 3. Each weight block is loaded and
- * unpacked once per register block, and the rows QL_PF_ROWS further on are prefetched into L2 while a block
+ * folded into one vector, one float accumulator per activation row); F16 4 x 3. Each weight chunk is loaded and
+ * unpacked once per register block, and the rows QL_PF_ROWS further on are prefetched into L2 while a chunk
  * computes (linear_impl.h's scheme).
  *
  * The activation quantization gives identical int16 values in the AVX2 and the portable code (the same float
@@ -30,86 +32,95 @@
 #ifndef FASTLM_QLINEAR_IMPL_H
 #define FASTLM_QLINEAR_IMPL_H
 
+#ifdef FASTLM_GGML_TYPES_H
+#error "qlinear_impl.h fills ggml_types.h's kernel column: include it before ggml_types.h"
+#endif
+
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_isa.h"
 #include "ggml_blocks.h"
 #include "linear_impl.h"
 
 #define QL_PF_ROWS 8        /* prefetch distance, in weight rows: two blocks of 4 ahead */
+#define QL_INT_N_MAX 32     /* the most activation rows an integer-path call may have */
 
 /* ------------------------------------------------------------------------ activation quantization, portable */
 
-/* x (k floats, k % 32 == 0) -> q (k int16), d = max|x_b| / 32767 and s = d * sum(q) per block of 32. */
-static void ql_quant_row(const float *x, int k, int16_t *q, float *d, float *s)
+/* x (k floats, k % 32 == 0) -> q (k int16), d = max|x_b| / 32767, s = d * sum(q), sl, sh = d * the halves'
+ * sums, per block of 32. */
+static void ql_quant_row(const float *x, int k, int16_t *q, float *d, float *s, float *sl, float *sh)
 {
     for (int b = 0; b < k / 32; b++, x += 32, q += 32) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
         const float db = amax / 32767.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
-        int sum = 0;
+        int sum[2] = {0, 0};
         for (int j = 0; j < 32; j++) {
             float v = x[j] * id;                          /* clamp (NaN -> -32768), then round half to even: */
             v = v != v ? -32768.0f : v < -32768.0f ? -32768.0f : v > 32767.0f ? 32767.0f : v;   /* as AVX2 */
             q[j] = (int16_t)rintf(v);
-            sum += q[j];
+            sum[j >> 4] += q[j];
         }
         d[b] = db;
-        s[b] = db * (float)sum;
+        s[b] = db * (float)(sum[0] + sum[1]);
+        sl[b] = db * (float)sum[0];
+        sh[b] = db * (float)sum[1];
     }
 }
 
 /* ---------------------------------------------------------------------------- integer path, portable */
 
-/* out[j, r] for all r < rows, j < n: exact integer block dots, float accumulation per block. */
-static void ql_small_q(int qtype, const int16_t *xq, const float *xd, const float *xs, int n, int k,
-                       const uint8_t *w, size_t row_bytes, int rows, float *out, int ld_out, float beta)
+/* out[j, r] for all r < rows, j < n <= QL_INT_N_MAX: exact integer dots per half chunk, float accumulation. */
+static inline __attribute__((always_inline)) void ql_dot_portable_t(const int QT, const ql_act *a, int n, int k,
+                                                                    const uint8_t *w, size_t row_bytes, int rows,
+                                                                    float *out, int ld_out, float beta)
 {
-    const int nb = k / 32;
-    const size_t bs = qtype == BLK_Q8_0 ? 34 : qtype == BLK_Q4_0 ? 18 : 20;
+    const int nc = k / 32, cpb = BLK_ELEMS(QT) / 32;
+    float acc[QL_INT_N_MAX];
     for (int r = 0; r < rows; r++) {
         const uint8_t *wr = w + (size_t)r * row_bytes;
-        for (int j = 0; j < n; j++) {
-            const int16_t *a = xq + (size_t)j * k;
-            float acc = 0.0f;
-            for (int b = 0; b < nb; b++, a += 32) {
-                const uint8_t *blk = wr + (size_t)b * bs;
-                const float dw = blk_fp16(blk_u16(blk)), da = xd[(size_t)j * nb + b];
-                int32_t isum = 0;                         /* |q_w| <= 128, |q_a| <= 32768: |isum| < 2^27 */
-                float corr = 0.0f;
-                if (qtype == BLK_Q8_0) {
-                    for (int l = 0; l < 32; l++) isum += (int8_t)blk[2 + l] * a[l];
-                } else {
-                    const uint8_t *qs = blk + (qtype == BLK_Q4_0 ? 2 : 4);
-                    for (int l = 0; l < 16; l++) isum += (qs[l] & 0x0F) * a[l] + (qs[l] >> 4) * a[l + 16];
-                    corr = (qtype == BLK_Q4_0 ? -8.0f * dw : blk_fp16(blk_u16(blk + 2))) * xs[(size_t)j * nb + b];
+        for (int j = 0; j < n; j++) acc[j] = 0.0f;
+        for (int c = 0; c < nc; c++) {
+            int16_t q[32];
+            float dl[2], m[2];
+            blk_chunk(QT, wr + (size_t)(c / cpb) * BLK_BYTES(QT), c % cpb, q, dl, m);
+            for (int j = 0; j < n; j++) {
+                const int16_t *x = a->q + (size_t)j * k + (size_t)c * 32;
+                const size_t ib = (size_t)j * nc + c;
+                int32_t lo = 0, hi = 0;                   /* |q_w| <= 127, |q_a| <= 32768: |sum| < 2^27 */
+                for (int l = 0; l < 16; l++) {
+                    lo += q[l] * x[l];
+                    hi += q[l + 16] * x[l + 16];
                 }
-                acc += dw * da * (float)isum + corr;
+                float v = BLK_SPLIT(QT) ? a->d[ib] * (dl[0] * (float)lo + dl[1] * (float)hi)
+                                        : a->d[ib] * dl[0] * (float)(lo + hi);
+                if (BLK_HAS_MIN(QT)) v += BLK_SPLIT(QT) ? m[0] * a->sl[ib] + m[1] * a->sh[ib] : m[0] * a->s[ib];
+                acc[j] += v;
             }
+        }
+        for (int j = 0; j < n; j++) {
             float *o = out + (size_t)j * ld_out + r;
-            *o = beta != 0.0f ? acc + beta * *o : acc;
+            *o = beta != 0.0f ? acc[j] + beta * *o : acc[j];
         }
     }
 }
+
+#define X(T)                                                                                                   \
+static void ql_dot_##T##_portable(const ql_act *a, int n, int k, const uint8_t *w, size_t row_bytes, int rows,  \
+                                  float *out, int ld_out, float beta)                                          \
+{ ql_dot_portable_t(BLK_##T, a, n, k, w, row_bytes, rows, out, ld_out, beta); }
+BLK_QUANT_TYPES(X)
+#undef X
 
 /* --------------------------------------------------------------------------------------------------- AVX2 */
 #if defined(__x86_64__) || defined(__i386__)
 
 #define QL_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QL_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
-
-static int ql_cpu_has_avx2(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-           && __builtin_cpu_supports("f16c");
-}
-
-/* The row decoders compiled for AVX2 (the compiler vectorizes the K-quants; the 32-element formats have
- * hand-written AVX2 in ql_decode_row_avx2). */
-BLK_DECODER(ql_decode_row_vec, float, QL_AVX2)
 
 QL_AVX2_INLINE float ql_fp16_avx2(const uint8_t *p) { return _cvtsh_ss(blk_u16(p)); }
 
@@ -129,8 +140,8 @@ QL_AVX2_INLINE int ql_hsum_i32(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
-/* The same int16 values as ql_quant_row. */
-QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *d, float *s)
+/* The same int16 values and sums as ql_quant_row. */
+QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *d, float *s, float *sl, float *sh)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-32768.0f), hi = _mm256_set1_ps(32767.0f);
     const __m256i ones = _mm256_set1_epi16(1);
@@ -151,120 +162,293 @@ QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *
                       p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
         _mm256_storeu_si256((__m256i *)q, p0);
         _mm256_storeu_si256((__m256i *)(q + 16), p1);
+        const int s0 = ql_hsum_i32(_mm256_madd_epi16(p0, ones)), s1 = ql_hsum_i32(_mm256_madd_epi16(p1, ones));
         d[b] = db;
-        s[b] = db * (float)ql_hsum_i32(_mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones)));
+        s[b] = db * (float)(s0 + s1);
+        sl[b] = db * (float)s0;
+        sh[b] = db * (float)s1;
     }
+}
+
+/* 16 lanes of 16 bits: bit l of bits set -> 16 in lane l, else 0 (the 5th bits of Q5_0 / Q5_1). */
+QL_AVX2_INLINE __m256i ql_bits16_avx2(uint32_t bits)
+{
+    const __m256i sel = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                                          (short)0x8000);
+    const __m256i v = _mm256_and_si256(_mm256_set1_epi16((short)bits), sel);
+    return _mm256_and_si256(_mm256_cmpeq_epi16(v, sel), _mm256_set1_epi16(16));
+}
+
+QL_AVX2_INLINE __m256i ql_u8x16_avx2(const uint8_t *p) { return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)); }
+QL_AVX2_INLINE __m256i ql_srl16_avx2(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
+
+/* IQ4's levels of the 16 nibbles lo (bytes 0-15), as int16. */
+QL_AVX2_INLINE __m256i ql_iq4_avx2(__m128i nibbles)
+{
+    const __m128i levels = _mm_loadu_si128((const __m128i *)BLK_IQ4_LEVELS);
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, nibbles));
+}
+
+/* The scales of the block at b of 256-element type QT, once per block and weight row: per chunk cb, dl[cb] and
+ * the offsets m0[cb] (elements 0-15) and m1[cb] (16-31; Q2_K only, the others have one m, in m0), with
+ * x = dl * w + m for the integers w of ql_ints_avx2; the 16-element sub-block formats' integer sub-scales in
+ * sc[0..15] (their dl is then d). */
+QL_AVX2_INLINE void ql_scales_avx2(const int QT, const uint8_t *b, float *dl, float *m0, float *m1, int16_t *sc)
+{
+    switch (QT) {      /* the 256-element formats; the 32-element ones' dl and m are their fp16 d and m */
+    case BLK_IQ4_XS: {
+        const float d = ql_fp16_avx2(b);
+        for (int c = 0; c < 8; c++) dl[c] = d * (float)blk_iq4xs_scale(b, c);
+        break;
+    }
+    case BLK_Q2_K: {
+        const float d = ql_fp16_avx2(b + 80), dmin = ql_fp16_avx2(b + 82);
+        for (int c = 0; c < 8; c++) {
+            dl[c] = d;
+            m0[c] = -(dmin * (float)(b[2 * c] >> 4));
+            m1[c] = -(dmin * (float)(b[2 * c + 1] >> 4));
+        }
+        for (int i = 0; i < 16; i++) sc[i] = b[i] & 15;
+        break;
+    }
+    case BLK_Q3_K: {
+        const float d = ql_fp16_avx2(b + 108);
+        for (int c = 0; c < 8; c++) dl[c] = d;
+        for (int i = 0; i < 16; i++) sc[i] = (int16_t)blk_k3_scale(b + 96, i);
+        break;
+    }
+    case BLK_Q4_K: case BLK_Q5_K: {
+        const float d = ql_fp16_avx2(b), dmin = ql_fp16_avx2(b + 2);
+        for (int c = 0; c < 8; c++) {
+            dl[c] = d * (float)blk_k4_scale(b + 4, c);
+            m0[c] = -(dmin * (float)blk_k4_min(b + 4, c));
+        }
+        break;
+    }
+    case BLK_Q6_K: {
+        const float d = ql_fp16_avx2(b + 208);
+        for (int c = 0; c < 8; c++) dl[c] = d;
+        for (int i = 0; i < 16; i++) sc[i] = (int8_t)b[192 + i];
+        break;
+    }
+    }
+}
+
+/* Chunk c of the block at b of constant type QT as blk_chunk gives it, in two vectors of 16 int16 (elements
+ * 0-15, 16-31), the 16-element sub-block formats' integers already times their sub-scales sc (ql_scales_avx2). */
+QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int c, const int16_t *sc, __m256i *w0,
+                                 __m256i *w1)
+{
+    const __m256i m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3), one = _mm256_set1_epi16(1);
+    switch (QT) {
+    case BLK_Q8_0:
+        *w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
+        *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
+        break;
+    case BLK_Q4_0: case BLK_Q4_1: {
+        const __m256i t = ql_u8x16_avx2(b + (QT == BLK_Q4_1 ? 4 : 2)), off = _mm256_set1_epi16(QT == BLK_Q4_0 ? 8 : 0);
+        *w0 = _mm256_sub_epi16(_mm256_and_si256(t, m4), off);
+        *w1 = _mm256_sub_epi16(_mm256_srli_epi16(t, 4), off);
+        break;
+    }
+    case BLK_Q5_0: case BLK_Q5_1: {
+        const int o = QT == BLK_Q5_1 ? 2 : 0;
+        const uint32_t qh = blk_u32(b + 2 + o);
+        const __m256i t = ql_u8x16_avx2(b + 6 + o), off = _mm256_set1_epi16(QT == BLK_Q5_0 ? 16 : 0);
+        *w0 = _mm256_sub_epi16(_mm256_or_si256(_mm256_and_si256(t, m4), ql_bits16_avx2(qh & 0xFFFF)), off);
+        *w1 = _mm256_sub_epi16(_mm256_or_si256(_mm256_srli_epi16(t, 4), ql_bits16_avx2(qh >> 16)), off);
+        break;
+    }
+    case BLK_IQ4_NL: case BLK_IQ4_XS: {
+        const __m128i t = _mm_loadu_si128((const __m128i *)(b + (QT == BLK_IQ4_NL ? 2 : 8 + 16 * c)));
+        const __m128i n4 = _mm_set1_epi8(15);
+        *w0 = ql_iq4_avx2(_mm_and_si128(t, n4));
+        *w1 = ql_iq4_avx2(_mm_and_si128(_mm_srli_epi16(t, 4), n4));
+        break;
+    }
+    case BLK_Q2_K: {
+        const uint8_t *qs = b + 16 + 32 * (c >> 2);
+        const int sh = 2 * (c & 3);
+        *w0 = _mm256_mullo_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs), sh), m2),
+                                 _mm256_set1_epi16(sc[2 * c]));
+        *w1 = _mm256_mullo_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs + 16), sh), m2),
+                                 _mm256_set1_epi16(sc[2 * c + 1]));
+        break;
+    }
+    case BLK_Q3_K: {
+        const uint8_t *qs = b + 32 + 32 * (c >> 2);
+        const int sh = 2 * (c & 3);
+        const __m256i four = _mm256_set1_epi16(4);
+        /* q = low 2 bits - 4 + 4 * (bit c of hmask) */
+        const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b), c), one), 2);
+        const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b + 16), c), one), 2);
+        const __m256i q0 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs), sh), m2);
+        const __m256i q1 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs + 16), sh), m2);
+        *w0 = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_add_epi16(q0, h0), four), _mm256_set1_epi16(sc[2 * c]));
+        *w1 = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_add_epi16(q1, h1), four), _mm256_set1_epi16(sc[2 * c + 1]));
+        break;
+    }
+    case BLK_Q4_K: case BLK_Q5_K: {
+        const int five = QT == BLK_Q5_K;
+        const uint8_t *qs = b + (five ? 48 : 16) + 32 * (c >> 1);
+        const int sh = 4 * (c & 1);
+        __m256i v0 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs), sh), m4);
+        __m256i v1 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs + 16), sh), m4);
+        if (five) {
+            v0 = _mm256_or_si256(v0, _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b + 16), c), one), 4));
+            v1 = _mm256_or_si256(v1, _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b + 32), c), one), 4));
+        }
+        *w0 = v0;
+        *w1 = v1;
+        break;
+    }
+    case BLK_Q6_K: {
+        const uint8_t *ql = b + 64 * (c >> 2) + 32 * (c & 1), *qh = b + 128 + 32 * (c >> 2);
+        const int sl = 4 * ((c & 3) >> 1), sh = 2 * (c & 3);
+        const __m256i off = _mm256_set1_epi16(32);
+        const __m256i v0 = _mm256_or_si256(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(ql), sl), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qh), sh), m2), 4));
+        const __m256i v1 = _mm256_or_si256(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(ql + 16), sl), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qh + 16), sh), m2), 4));
+        *w0 = _mm256_mullo_epi16(_mm256_sub_epi16(v0, off), _mm256_set1_epi16(sc[2 * c]));
+        *w1 = _mm256_mullo_epi16(_mm256_sub_epi16(v1, off), _mm256_set1_epi16(sc[2 * c + 1]));
+        break;
+    }
+    }
+}
+
+/* madd(w0, a0) + madd(w1, a1) in int32 lanes: two madds and an add (AVX2), or a madd and one vpdpwssd
+ * (AVX-VNNI's VEX form, or AVX-512 VNNI's EVEX form on ymm registers), the same exact sums. vpdpwssd is written
+ * as inline assembly so that this AVX2-compiled template serves all three levels; cpu_isa.h's probe picks a
+ * VNNI kernel only where the CPU has the instruction. */
+QL_AVX2_INLINE __m256i ql_pair_dot(const int ISA, __m256i w0, __m256i a0, __m256i w1, __m256i a1)
+{
+    __m256i acc = _mm256_madd_epi16(w0, a0);
+    if (ISA == FL_ISA_AVX_VNNI)
+        __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w1), "x"(a1));
+    else if (ISA == FL_ISA_AVX512_VNNI)
+        __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w1), "x"(a1));
+    else
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w1, a1));
+    return acc;
+}
+
+/* The 32-element formats, whose dl (and m) per block are its fp16 d (and m) as stored. */
+#define QL_FP16_SCALES(qt) (BLK_ELEMS(qt) == 32)
+
+QL_AVX2_INLINE __m128 ql_cvt4_fp16(const uint16_t *h)
+{
+    return _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
 }
 
 #ifndef QL_JMAX
 #define QL_JMAX 4           /* activation rows per register block of the integer path */
 #endif
 
-/* out[:J, :R] = int dots of R <= 4 weight rows with J <= QL_JMAX activation rows (+ beta * out). QT is a constant.
- * Per block b: each weight row's block is widened to 2 x 16 int16 once (Q4_x: elements 0-15 are the low nibbles
- * of its 16 bytes, 16-31 the high ones, so one zero-extension gives both: & 15 and >> 4; Q8_0: sign-extension)
+/* out[:J, :R] = int dots of R <= 4 weight rows with J <= QL_JMAX activation rows (+ beta * out). QT and J are
+ * constants (rows past R are computed on row 0's blocks, not stored: no branch per row in the loops). Per
+ * weight block, each row's scales are decoded once (ql_scales_avx2) and its lines of the rows QL_PF_ROWS further
+ * on prefetched; per chunk c of 32: each weight row's chunk is unpacked to 2 x 16 int16 once
  * and serves the J activation rows; each activation block is loaded once and serves the 4 weight rows. madd:
- * 32 products |q_w q_a| <= 128 * 32768 in int32 lanes, |sum| < 2^27. Two unpack + add levels (cheaper than hadd
- * here) fold the 4 rows' 8-lane sums into one vector (lanes r0 r1 r2 r3 | r0 r1 r2 r3), converted and fma'd
- * with (d_w of the 4 rows) * d_a into one float accumulator per activation row. Q4_0's -8 and Q4_1's min add
- * (d_w, times -8 at the end, or m_w) * s_a, the 4 rows in one xmm fma. */
-QL_AVX2_INLINE void ql_block_q_avx2(const int QT, const uint8_t *w, size_t row_bytes, int nb, const int16_t *xq,
-                                    const float *xd, const float *xs, int k, float *out, int ld_out, float beta,
-                                    const int R, const int J)
+ * int16 pairs into int32 lanes (|w| <= 4096, |q_a| <= 32768: 16 products per lane after the folds stay within
+ * int32). Two unpack + add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes
+ * r0 r1 r2 r3 | r0 r1 r2 r3), converted and fma'd with (dl of the 4 rows) * d_a into one float accumulator per
+ * activation row; the offsets m add m * s_a, the 4 rows in one xmm fma. */
+QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
+                                  const ql_act *a, int k, float *out, int ld_out, float beta, int R, const int J)
 {
-    const size_t bs = QT == BLK_Q8_0 ? 34 : QT == BLK_Q4_0 ? 18 : 20;
-    const __m256i m4 = _mm256_set1_epi16(0x0F);
+    const int CPB = BLK_ELEMS(QT) / 32, BS = BLK_BYTES(QT);
     __m256 acc[QL_JMAX];
     __m128 corr[QL_JMAX];
     for (int j = 0; j < J; j++) { acc[j] = _mm256_setzero_ps(); corr[j] = _mm_setzero_ps(); }
-    for (int b = 0; b < nb; b++) {
-        __m256i w0[4], w1[4];
-        uint16_t hd[4] = {0, 0, 0, 0}, hm[4] = {0, 0, 0, 0};
-        for (int i = 0; i < 4; i++) {
-            if (i >= R) { w0[i] = w1[i] = _mm256_setzero_si256(); continue; }
-            const uint8_t *blk = w + (size_t)i * row_bytes + (size_t)b * bs;
-            _mm_prefetch((const char *)((uintptr_t)blk + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
-            hd[i] = blk_u16(blk);
-            if (QT == BLK_Q8_0) {
-                w0[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
-                w1[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
+    for (int blk = 0; blk < nc / CPB; blk++) {
+        float dl[4][8], m0[4][8], m1[4][8];
+        int16_t sc[4][16];
+        uint16_t hd[4], hm[4];
+        const uint8_t *bp[4];
+        for (int i = 0; i < 4; i++) {           /* rows past R compute on row 0's blocks and are not stored */
+            bp[i] = w + (size_t)(i < R ? i : 0) * row_bytes + (size_t)blk * BS;
+            if (i < R)
+                for (int o = 0; o < BS; o += 64)
+                    _mm_prefetch((const char *)((uintptr_t)bp[i] + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
+            if (QL_FP16_SCALES(QT)) {           /* dl (and m) are the block's fp16 values: 4 rows in one cvtph */
+                hd[i] = blk_u16(bp[i]);
+                hm[i] = BLK_HAS_MIN(QT) ? blk_u16(bp[i] + 2) : 0;
             } else {
-                const __m128i nibbles = _mm_loadu_si128((const __m128i *)(blk + (QT == BLK_Q4_0 ? 2 : 4)));
-                const __m256i t = _mm256_cvtepu8_epi16(nibbles);
-                w0[i] = _mm256_and_si256(t, m4);
-                w1[i] = _mm256_srli_epi16(t, 4);
-                if (QT == BLK_Q4_1) hm[i] = blk_u16(blk + 2);
+                ql_scales_avx2(QT, bp[i], dl[i], m0[i], m1[i], sc[i]);
             }
         }
-        const __m128 dw4 = _mm_cvtph_ps(_mm_setr_epi16((short)hd[0], (short)hd[1], (short)hd[2], (short)hd[3],
-                                                       0, 0, 0, 0));
-        const __m256 dw8 = _mm256_set_m128(dw4, dw4);
-        const __m128 cw4 = QT == BLK_Q4_1 ? _mm_cvtph_ps(_mm_setr_epi16((short)hm[0], (short)hm[1], (short)hm[2],
-                                                                        (short)hm[3], 0, 0, 0, 0))
-                                          : dw4;
-        for (int j = 0; j < J; j++) {
-            const int16_t *a = xq + (size_t)j * k + (size_t)b * 32;
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)a);
-            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
-            __m256i p[4];
-            for (int i = 0; i < 4; i++)
-                p[i] = i < R ? _mm256_add_epi32(_mm256_madd_epi16(w0[i], a0), _mm256_madd_epi16(w1[i], a1))
-                             : _mm256_setzero_si256();
-            const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
-            const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
-            const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(xd + (size_t)j * nb + b)),
-                                     _mm256_cvtepi32_ps(h), acc[j]);
-            if (QT != BLK_Q8_0) corr[j] = _mm_fmadd_ps(cw4, _mm_broadcast_ss(xs + (size_t)j * nb + b), corr[j]);
+        for (int cb = 0; cb < CPB; cb++) {
+            const int c = blk * CPB + cb;
+            __m256i w0[4], w1[4];
+            for (int i = 0; i < 4; i++) ql_ints_avx2(QT, bp[i], cb, sc[i], &w0[i], &w1[i]);
+            const __m128 dw4 = QL_FP16_SCALES(QT) ? ql_cvt4_fp16(hd) : _mm_setr_ps(dl[0][cb], dl[1][cb], dl[2][cb], dl[3][cb]);
+            const __m256 dw8 = _mm256_set_m128(dw4, dw4);
+            const __m128 m04 = !BLK_HAS_MIN(QT) ? _mm_setzero_ps() : QL_FP16_SCALES(QT) ? ql_cvt4_fp16(hm)
+                               : _mm_setr_ps(m0[0][cb], m0[1][cb], m0[2][cb], m0[3][cb]);
+            const __m128 m14 = BLK_SPLIT(QT) && BLK_HAS_MIN(QT) ? _mm_setr_ps(m1[0][cb], m1[1][cb], m1[2][cb], m1[3][cb])
+                                                               : _mm_setzero_ps();
+            for (int j = 0; j < J; j++) {
+                const int16_t *q = a->q + (size_t)j * k + (size_t)c * 32;
+                const size_t ib = (size_t)j * nc + c;
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
+                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
+                __m256i p[4];
+                for (int i = 0; i < 4; i++) p[i] = ql_pair_dot(ISA, w0[i], a0, w1[i], a1);
+                const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+                const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+                const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+                acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(a->d + ib)), _mm256_cvtepi32_ps(h),
+                                         acc[j]);
+                if (BLK_HAS_MIN(QT)) {
+                    if (BLK_SPLIT(QT))
+                        corr[j] = _mm_fmadd_ps(m14, _mm_broadcast_ss(a->sh + ib),
+                                               _mm_fmadd_ps(m04, _mm_broadcast_ss(a->sl + ib), corr[j]));
+                    else
+                        corr[j] = _mm_fmadd_ps(m04, _mm_broadcast_ss(a->s + ib), corr[j]);
+                }
+            }
         }
     }
     for (int j = 0; j < J; j++) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-        if (QT == BLK_Q4_0) s = _mm_fmadd_ps(_mm_set1_ps(-8.0f), corr[j], s);
-        else if (QT == BLK_Q4_1) s = _mm_add_ps(s, corr[j]);
+        if (BLK_HAS_MIN(QT)) s = _mm_add_ps(s, corr[j]);
         lin_store4_avx2(out + (size_t)j * ld_out, s, beta, R);
     }
 }
 
-QL_AVX2_INLINE void ql_rows_q_avx2(const int QT, const int16_t *xq, const float *xd, const float *xs, int n, int k,
-                                   const uint8_t *w, size_t row_bytes, float *out, int ld_out, float beta, const int R)
+/* Rows r of w in register blocks of 4 (the last one R < 4), the activation rows in blocks of QL_JMAX. */
+QL_AVX2_INLINE void ql_dot_avx2_t(const int ISA, const int QT, const ql_act *a, int n, int k, const uint8_t *w,
+                                  size_t row_bytes, int rows, float *out, int ld_out, float beta)
 {
-    const int nb = k / 32;
-    for (int j = 0, J; j < n; j += J) {
-        const int left = n - j;
-        J = left < QL_JMAX ? left : QL_JMAX;
-        const int16_t *xj = xq + (size_t)j * k;
-        const float *dj = xd + (size_t)j * nb, *sj = xs + (size_t)j * nb;
-        float *oj = out + (size_t)j * ld_out;
-        if (QL_JMAX >= 4 && J == 4) ql_block_q_avx2(QT, w, row_bytes, nb, xj, dj, sj, k, oj, ld_out, beta, R, 4);
-        else if (QL_JMAX >= 3 && J == 3) ql_block_q_avx2(QT, w, row_bytes, nb, xj, dj, sj, k, oj, ld_out, beta, R, 3);
-        else if (J == 2) ql_block_q_avx2(QT, w, row_bytes, nb, xj, dj, sj, k, oj, ld_out, beta, R, 2);
-        else ql_block_q_avx2(QT, w, row_bytes, nb, xj, dj, sj, k, oj, ld_out, beta, R, 1);
+    const int nc = k / 32;
+    for (int r = 0; r < rows; r += 4) {
+        const int R = rows - r < 4 ? rows - r : 4;
+        const uint8_t *wr = w + (size_t)r * row_bytes;
+        for (int j = 0, J; j < n; j += J) {
+            J = n - j < QL_JMAX ? n - j : QL_JMAX;
+            const ql_act aj = {a->q + (size_t)j * k, a->d + (size_t)j * nc, a->s + (size_t)j * nc,
+                               a->sl + (size_t)j * nc, a->sh + (size_t)j * nc};
+            float *oj = out + (size_t)j * ld_out + r;
+            if (QL_JMAX >= 4 && J == 4) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 4);
+            else if (QL_JMAX >= 3 && J == 3) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 3);
+            else if (J == 2) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 2);
+            else ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 1);
+        }
     }
 }
 
-QL_AVX2_INLINE void ql_small_q_avx2_t(const int QT, const int16_t *xq, const float *xd, const float *xs, int n,
-                                      int k, const uint8_t *w, size_t row_bytes, int rows, float *out, int ld_out,
-                                      float beta)
-{
-    int r = 0;
-    for (; r + 4 <= rows; r += 4)
-        ql_rows_q_avx2(QT, xq, xd, xs, n, k, w + (size_t)r * row_bytes, row_bytes, out + r, ld_out, beta, 4);
-    const uint8_t *wr = w + (size_t)r * row_bytes;
-    switch (rows - r) {
-    case 3: ql_rows_q_avx2(QT, xq, xd, xs, n, k, wr, row_bytes, out + r, ld_out, beta, 3); break;
-    case 2: ql_rows_q_avx2(QT, xq, xd, xs, n, k, wr, row_bytes, out + r, ld_out, beta, 2); break;
-    case 1: ql_rows_q_avx2(QT, xq, xd, xs, n, k, wr, row_bytes, out + r, ld_out, beta, 1); break;
-    }
-}
-
-QL_AVX2 static void ql_small_q_avx2(int qtype, const int16_t *xq, const float *xd, const float *xs, int n, int k,
-                                    const uint8_t *w, size_t row_bytes, int rows, float *out, int ld_out, float beta)
-{
-    if (qtype == BLK_Q8_0) ql_small_q_avx2_t(BLK_Q8_0, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
-    else if (qtype == BLK_Q4_0) ql_small_q_avx2_t(BLK_Q4_0, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
-    else ql_small_q_avx2_t(BLK_Q4_1, xq, xd, xs, n, k, w, row_bytes, rows, out, ld_out, beta);
-}
+/* ql_dot_<T>_avx2, ql_dot_<T>_avx_vnni, ql_dot_<T>_avx512_vnni: the kernel of each level for every format. */
+#define QL_DOT_ISA(T, SUFFIX, ISA)                                                                             \
+QL_AVX2 static void ql_dot_##T##_##SUFFIX(const ql_act *a, int n, int k, const uint8_t *w, size_t row_bytes,       \
+                                         int rows, float *out, int ld_out, float beta)                         \
+{ ql_dot_avx2_t(ISA, BLK_##T, a, n, k, w, row_bytes, rows, out, ld_out, beta); }
+#define X(T) QL_DOT_ISA(T, avx2, FL_ISA_AVX2) QL_DOT_ISA(T, avx_vnni, FL_ISA_AVX_VNNI)                          \
+             QL_DOT_ISA(T, avx512_vnni, FL_ISA_AVX512_VNNI)
+BLK_QUANT_TYPES(X)
+#undef X
+#undef QL_DOT_ISA
+#define QL_AVX2_DOTS(T) ql_dot_##T##_avx2, ql_dot_##T##_avx_vnni, 0, ql_dot_##T##_avx512_vnni
 
 /* ---- F16: float activations, 4 weight rows x 3 activation rows, weights converted by F16C */
 QL_AVX2_INLINE void ql_small_f16_avx2_block(const float *x, const uint8_t *w, int k, float *out, int ld_out, float beta,
@@ -300,7 +484,8 @@ QL_AVX2_INLINE void ql_small_f16_avx2_block(const float *x, const uint8_t *w, in
 
 LIN_AVX2_DRIVERS(ql_small_f16_avx2, uint8_t, 2 * k, "avx2,fma,f16c")
 
-/* ---- hand-vectorized row decoders of the 32-element formats and F16, for the prefill panels */
+/* ---- row decoders for the prefill panels and decode-and-dot: hand-vectorized for F16 and the 32-element
+ * formats of SmolLM2's files, vectorized by the compiler for the rest (the same values as ggml_blocks.h's) */
 QL_AVX2 static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, int k)
 {
     if (qtype == BLK_F16) {
@@ -333,32 +518,49 @@ QL_AVX2 static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, 
                 _mm256_storeu_ps(y + 8 * p, with_min ? _mm256_fmadd_ps(d, f, m) : _mm256_mul_ps(d, f));
             }
         }
-    } else {
-        ql_decode_row_vec(qtype, src, y, k);
     }
 }
 
-#else  /* not x86: the AVX2 entry points are never called (ql_cpu_has_avx2() is 0) */
 
-static int ql_cpu_has_avx2(void) { return 0; }
-static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *d, float *s) {}
-static void ql_small_q_avx2(int qtype, const int16_t *xq, const float *xd, const float *xs, int n, int k,
-                            const uint8_t *w, size_t row_bytes, int rows, float *out, int ld_out, float beta) {}
+#define QL_HAND_DECODER(T)                                                                                     \
+QL_AVX2 static void ql_decode_avx2_##T(const uint8_t *src, float *y, size_t k) { ql_decode_row_avx2(BLK_##T, src, y, (int)k); }
+QL_HAND_DECODER(F16)
+QL_HAND_DECODER(Q8_0)
+QL_HAND_DECODER(Q4_0)
+QL_HAND_DECODER(Q4_1)
+#undef QL_HAND_DECODER
+QL_AVX2 static void ql_decode_avx2_F32(const uint8_t *src, float *y, size_t k) { blk_decode_f32_F32(src, y, k); }
+QL_AVX2 static void ql_decode_avx2_BF16(const uint8_t *src, float *y, size_t k) { blk_decode_f32_BF16(src, y, k); }
+#define X(QT) BLK_DECODER_Q(ql_decode_avx2_, float, QL_AVX2, QT)
+X(Q5_0) X(Q5_1) X(Q2_K) X(Q3_K) X(Q4_K) X(Q5_K) X(Q6_K) X(IQ4_NL) X(IQ4_XS)
+#undef X
+
+#else  /* not x86: no AVX2 kernels (fl_cpu_isa() is FL_ISA_PORTABLE), the vectorized decoders are the portable */
+
+#define QL_AVX2_DOTS(T) 0, 0, 0, 0
+#define ql_decode_avx2_F32 blk_decode_f32_F32
+#define ql_decode_avx2_F16 blk_decode_f32_F16
+#define ql_decode_avx2_BF16 blk_decode_f32_BF16
+#define X(T) static void ql_decode_avx2_##T(const uint8_t *src, float *y, size_t k) { blk_decode_f32_##T(src, y, k); }
+BLK_QUANT_TYPES(X)
+#undef X
+static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *d, float *s, float *sl, float *sh) {}
 static void ql_small_f16_avx2(const float *x, int n, int k, const uint8_t *w, int rows, float *out, int ld_out,
                               float beta) {}
-static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, int k) {}
 
 #endif
 
+/* --------------------------------------------------------------------------- the formats' table, filled */
+#define BLK_KERNELS 1
+#include "ggml_types.h"
+
 /* ------------------------------------------------------------------------------------ shared entry points */
 
-/* rows consecutive rows (stride row_bytes) into y (rows, k). */
+/* rows consecutive rows (stride row_bytes) into y (rows, k); simd: the vectorized decoders. */
 static void ql_decode_rows(int qtype, const uint8_t *w, size_t row_bytes, int rows, int k, float *y, int simd)
 {
-    for (int r = 0; r < rows; r++) {
-        if (simd) ql_decode_row_avx2(qtype, w + (size_t)r * row_bytes, y + (size_t)r * k, k);
-        else blk_decode_f32(qtype, w + (size_t)r * row_bytes, y + (size_t)r * k, (size_t)k);
-    }
+    const blk_decode_f32_fn decode = simd ? BLK_TRAITS[qtype].decode_f32_vec : BLK_TRAITS[qtype].decode_f32;
+    for (int r = 0; r < rows; r++) decode(w + (size_t)r * row_bytes, y + (size_t)r * k, (size_t)k);
 }
 
 /* Decode-and-dot: 4 rows at a time into buf (4 * k floats), then the float small-batch kernel. */
@@ -373,14 +575,26 @@ static void ql_small_dec(int qtype, const float *x, int n, int k, const uint8_t 
     }
 }
 
-static void ql_quant_rows(const float *x, int n, int k, int16_t *q, float *d, float *s, int simd)
+/* x (n, k) rounded into the int16 activations at q, d, s, sl, sh (ql_act's layout). */
+static void ql_quant_rows(const float *x, int n, int k, int16_t *q, float *d, float *s, float *sl, float *sh,
+                          int simd)
 {
     const int nb = k / 32;
     for (int j = 0; j < n; j++) {
-        if (simd) ql_quant_row_avx2(x + (size_t)j * k, k, q + (size_t)j * k, d + (size_t)j * nb, s + (size_t)j * nb);
-        else ql_quant_row(x + (size_t)j * k, k, q + (size_t)j * k, d + (size_t)j * nb, s + (size_t)j * nb);
+        const size_t o = (size_t)j * nb;
+        if (simd) ql_quant_row_avx2(x + (size_t)j * k, k, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
+        else ql_quant_row(x + (size_t)j * k, k, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
     }
 }
 
+/* The integer dot of qtype at SIMD level isa (or the level it falls back to), on the activations at q ...;
+ * NULL for a format without one. */
+static void ql_int_dot(int qtype, int isa, const int16_t *q, const float *d, const float *s, const float *sl,
+                       const float *sh, int n, int k, const uint8_t *w, size_t row_bytes, int rows, float *out,
+                       int ld_out, float beta)
+{
+    const ql_act a = {q, d, s, sl, sh};
+    ql_dot_for(qtype, isa)(&a, n, k, w, row_bytes, rows, out, ld_out, beta);
+}
 
 #endif

@@ -1,5 +1,5 @@
 # Dequantization of GGUF / safetensors tensor data: raw little-endian bytes -> float32 or float64, with the
-# decoders of ggml_blocks.h (bit for bit ggml's reference dequantizers; see there).
+# decoders of ggml_types.h's table (ggml_blocks.h: bit for bit ggml's reference dequantizers; see there).
 #
 # Every format is a sequence of fixed-size blocks (F16 and BF16 are blocks of one element), so the work
 # splits into chunks of whole blocks decoded in parallel.
@@ -10,25 +10,22 @@ ctypedef fused floating:
     float
     double
 
-cdef extern from "ggml_blocks.h" nogil:
-    void blk_decode_f32(int qtype, const uint8_t* src, float* y, size_t k)
-    void blk_decode_f64(int qtype, const uint8_t* src, double* y, size_t k)
-
 include "ggml_types.pxi"
 
 BLOCKS = GGML_BLOCKS        # every type decodes
+NAMES = GGML_NAMES
 
 # Below this many elements a parallel region costs more than it saves; a chunk is one unit of parallel work.
 cdef Py_ssize_t PARALLEL_MIN = 65536
 cdef Py_ssize_t CHUNK_ELEMENTS = 16384
 
 
-cdef inline void _decode(int qtype, const uint8_t* src, floating* dst, Py_ssize_t n) noexcept nogil:
-    """Decode the n elements (whole blocks) of ``qtype`` at ``src`` into ``dst``."""
+cdef inline void _decode(const blk_traits* t, const uint8_t* src, floating* dst, Py_ssize_t n) noexcept nogil:
+    """Decode the n elements (whole blocks) of type t at ``src`` into ``dst``."""
     if floating is float:
-        blk_decode_f32(qtype, src, dst, n)
+        t.decode_f32(src, dst, n)
     else:
-        blk_decode_f64(qtype, src, dst, n)
+        t.decode_f64(src, dst, n)
 
 
 def dequantize(const uint8_t[::1] raw, int qtype, floating[::1] out):
@@ -46,9 +43,10 @@ def dequantize(const uint8_t[::1] raw, int qtype, floating[::1] out):
     cdef Py_ssize_t nchunks = (nblocks + per_chunk - 1) // per_chunk, c, first
     cdef const uint8_t* src = &raw[0]
     cdef floating* dst = &out[0]
+    cdef const blk_traits* traits = blk_traits_of(qtype)
     for c in prange(nchunks, nogil=True, schedule="static", num_threads=1 if n < PARALLEL_MIN else 0):
         first = c * per_chunk
-        _decode(qtype, src + first * block_bytes, dst + first * block_elements,
+        _decode(traits, src + first * block_bytes, dst + first * block_elements,
                 min(per_chunk, nblocks - first) * block_elements)
 
 
@@ -77,5 +75,6 @@ def gather_rows(const uint8_t[:, ::1] table, int qtype, const int64_t[:, ::1] id
     cdef const uint8_t* src = &table[0, 0]
     cdef const int64_t* idp = &ids[0, 0]
     cdef floating* dst = &out[0, 0, 0]
+    cdef const blk_traits* traits = blk_traits_of(qtype)
     for i in prange(nrows, nogil=True, schedule="static", num_threads=1 if nrows * k < PARALLEL_MIN else 0):
-        _decode(qtype, src + idp[i] * row_bytes, dst + i * k, k)
+        _decode(traits, src + idp[i] * row_bytes, dst + i * k, k)

@@ -312,7 +312,10 @@ def cmd_quantize(args) -> int:
     from .quantize import quantize_file
 
     def progress(i, n, name, from_type, to_type):
-        print(f"[{i + 1:>{len(str(n))}}/{n}] {name:<32} {from_type:>5} -> {to_type}", file=sys.stderr, flush=True)
+        # One line, redrawn in place: a bar, the count, the tensor being written; a newline after the last one.
+        done = (i + 1) * 30 // n
+        print(f"\r[{'#' * done}{'.' * (30 - done)}] {i + 1:>{len(str(n))}}/{n} {name:<32} {from_type:>6} -> "
+              f"{to_type:<6}", end="\n" if i + 1 == n else "", file=sys.stderr, flush=True)
 
     summary = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress)
     types = ", ".join(f"{n} {t}" for t, n in sorted(summary.tensor_types.items()))
@@ -421,12 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
     p.set_defaults(run=cmd_bench)
 
-    p = sub.add_parser("quantize", help="re-encode a GGUF file's weights as F32, F16, Q8_0, Q4_0 or Q4_1")
+    from .quantize import QUANT_TYPES
+    p = sub.add_parser("quantize", help=f"re-encode a GGUF file's weights as {', '.join(QUANT_TYPES)}")
     p.add_argument("input", help="GGUF file to read")
     p.add_argument("output", help="GGUF file to write (replaced if it exists)")
-    p.add_argument("--type", required=True, type=str.upper, choices=["F32", "F16", "Q8_0", "Q4_0", "Q4_1"],
+    p.add_argument("--type", required=True, type=str.upper, choices=list(QUANT_TYPES),
                    help="type of the weight matrices (norms stay F32)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-tensor progress lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_quantize)
 
     p = sub.add_parser("perplexity", help="perplexity over a text file, like llama-perplexity")

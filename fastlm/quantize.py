@@ -1,4 +1,5 @@
-"""Quantizing tensors and whole GGUF files to F32, F16, Q8_0, Q4_0 or Q4_1, like llama.cpp's ``llama-quantize``.
+"""Quantizing tensors and whole GGUF files to F32, F16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1, like llama.cpp's
+``llama-quantize``.
 
 :func:`quantize` encodes a float array in a ggml block format with the compiled kernel
 :func:`fastlm._quantize.quantize`, whose bytes equal ggml's reference quantizers (and the ``gguf`` package's
@@ -7,7 +8,7 @@
 * each tensor is decoded to float32 (whatever its type), then 2-D tensors whose rows are whole blocks of the
   target type are encoded in it; every other tensor (the 1-D norm weights) is stored as F32;
 * the output projection (``output``, or ``token_embd`` when the model ties them) keeps 8 bits (Q8_0) in the
-  4-bit types, as llama.cpp keeps it above them (Q6_K there): every logit goes through it, and at 4 bits it
+  4- and 5-bit types, as llama.cpp keeps it above them (Q6_K there): every logit goes through it, and at 4 bits it
   alone raises SmolLM2-135M's perplexity by several percent;
 * every metadata key is copied with its exact GGUF type (tokenizer arrays included), and
   ``general.file_type`` is set to llama.cpp's ``LLAMA_FTYPE`` for the target (:data:`FILE_TYPES`).
@@ -33,11 +34,10 @@ from .weights.quant import BLOCK_SIZES, GGMLType, tensor_nbytes
 
 __all__ = ["QUANT_TYPES", "FILE_TYPES", "quantize", "quantize_file", "QuantizeSummary"]
 
-# The types fastlm writes, by name.
-QUANT_TYPES: dict[str, GGMLType] = {t.name: t for t in (GGMLType.F32, GGMLType.F16, GGMLType.Q8_0,
-                                                         GGMLType.Q4_0, GGMLType.Q4_1)}
+# The types fastlm writes, by name: the compiled formats' table's rows with a quantizer.
+QUANT_TYPES: dict[str, GGMLType] = {name: GGMLType[name] for name in _quantize.NAMES.values()}
 # llama.cpp's LLAMA_FTYPE (general.file_type) of a file whose weight matrices are of each type.
-FILE_TYPES: dict[str, int] = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
+FILE_TYPES: dict[str, int] = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9}
 
 
 def _qtype(qtype) -> GGMLType:
@@ -55,8 +55,8 @@ def _qtype(qtype) -> GGMLType:
 
 
 def quantize(x, qtype) -> np.ndarray:
-    """``x`` (a float array; its last axis, the row, made of whole blocks) encoded as ``qtype`` ("F32", "F16",
-    "Q8_0", "Q4_0", "Q4_1" or the GGMLType): a new uint8 array of the tensor's bytes, in ggml's layout."""
+    """``x`` (a float array; its last axis, the row, made of whole blocks) encoded as ``qtype`` (a name in
+    :data:`QUANT_TYPES` or the GGMLType): a new uint8 array of the tensor's bytes, in ggml's layout."""
     qtype = _qtype(qtype)
     x = np.asarray(x)
     if x.dtype.kind != "f":
@@ -94,7 +94,7 @@ class QuantizeSummary:
 
 
 # Types whose output projection is stored as Q8_0 instead.
-_OUTPUT_AT_8_BITS = (GGMLType.Q4_0, GGMLType.Q4_1)
+_OUTPUT_AT_8_BITS = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1)
 
 
 def target_type(shape: tuple[int, ...], qtype, output_projection: bool = False) -> GGMLType:

@@ -127,9 +127,11 @@ def test_quantize(capsys, smollm2_gguf_path, tmp_path):
     out_path = tmp_path / "smollm2-q8_0.gguf"
     code, out, err = run(capsys, "quantize", smollm2_gguf_path, out_path, "--type", "q8_0")
     assert code == 0
-    lines = err.splitlines()
-    assert len(lines) == 272 and lines[0].startswith("[  1/272] token_embd.weight")
-    assert lines[0].endswith("Q8_0 -> Q8_0")
+    # A progress bar: one line redrawn 272 times (carriage returns), a newline at the end.
+    assert err.count("\n") == 1 and err.endswith("\n") and err.count("\r") == 272
+    first, last = err.split("\r")[1], err.split("\r")[-1]
+    assert first.startswith("[" + "." * 30 + "]   1/272 token_embd.weight") and "Q8_0 -> Q8_0" in first
+    assert last.startswith("[" + "#" * 30 + "] 272/272 ")
     assert "blk.0.attn_norm.weight" in err and "F32 -> F32" in err and "Q4_1 -> Q8_0" in err
     assert out.startswith("quantized ") and "(98.4 MB)" in out and "Q8_0): 272 tensors (61 F32, 211 Q8_0)" in out
     types = {t.type_name for t in GGUFFile(out_path).tensors.values()}

@@ -22,14 +22,21 @@ IDS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]]
 
 # ------------------------------------------------------------------------------------------------ writing
 
-def k_quant_blocks(qtype, shape, rng):
-    """Random K-quant bytes for a (rows, cols) tensor, scales small enough for a sane model."""
-    block_bytes, n_blocks = gguf.GGML_QUANT_SIZES[qtype][1], shape[0] * shape[1] // 256
+# Byte offsets of the fp16 scales of the types gguf cannot quantize, and their ranges (small enough for a sane
+# model: |x| stays below about 0.03).
+RANDOM_BLOCK_SCALES = {Q.Q2_K: ([80, 82], 1e-5, 2e-4), Q.Q3_K: ([108], 1e-6, 2e-5), Q.Q4_K: ([0, 2], 1e-5, 2e-4),
+                       Q.Q5_K: ([0, 2], 1e-5, 2e-4), Q.Q6_K: ([208], 1e-6, 2e-5), Q.IQ4_NL: ([0], 1e-5, 2e-4),
+                       Q.IQ4_XS: ([0], 1e-6, 2e-5)}
+
+
+def random_blocks(qtype, shape, rng):
+    """Random bytes of ``qtype`` (one gguf cannot quantize) for a (rows, cols) tensor, with small scales."""
+    (block_elements, block_bytes), n_blocks = gguf.GGML_QUANT_SIZES[qtype], shape[0] * shape[1]
+    n_blocks //= block_elements
     blocks = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
-    if qtype == Q.Q4_K:          # fp16 d, dmin first
-        blocks[:, 0:4] = rng.uniform(1e-5, 2e-4, (n_blocks, 2)).astype(np.float16).view(np.uint8)
-    else:                        # Q6_K: fp16 d last
-        blocks[:, 208:210] = rng.uniform(1e-6, 2e-5, (n_blocks, 1)).astype(np.float16).view(np.uint8)
+    offsets, lo, hi = RANDOM_BLOCK_SCALES[qtype]
+    for offset in offsets:
+        blocks[:, offset:offset + 2] = rng.uniform(lo, hi, (n_blocks, 1)).astype(np.float16).view(np.uint8)
     return blocks.reshape(shape[0], -1)
 
 
@@ -40,7 +47,7 @@ def encode(w, qtype, rng):
         return w, None, w
     if qtype == Q.F16:
         return w.astype(np.float16), None, w.astype(np.float16).astype(np.float32)
-    raw = k_quant_blocks(qtype, w.shape, rng) if qtype in (Q.Q4_K, Q.Q6_K) else gguf.quants.quantize(w, qtype)
+    raw = random_blocks(qtype, w.shape, rng) if qtype in RANDOM_BLOCK_SCALES else gguf.quants.quantize(w, qtype)
     return raw, qtype, gguf.quants.dequantize(raw, qtype)
 
 
@@ -96,7 +103,8 @@ def model_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------- valid files
 
-QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K]
+QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
+          Q.IQ4_NL, Q.IQ4_XS]
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
@@ -322,8 +330,8 @@ def test_unsupported_architecture(tmp_path):
 
 def test_unsupported_tensor_type(tmp_path):
     path = tmp_path / "model.gguf"
-    write_gguf(path, qtype=Q.Q5_0)
-    with pytest.raises(ModelFormatError, match=r"'token_embd\.weight' has unsupported type Q5_0"):
+    write_gguf(path, qtype=Q.MXFP4)
+    with pytest.raises(ModelFormatError, match=r"'token_embd\.weight' has unsupported type type id 39"):
         load_gguf(path)
 
 

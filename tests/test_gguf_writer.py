@@ -133,7 +133,7 @@ def test_infer_value():
     ({}, [TensorSpec("a", (0, 4), "F32", np.zeros(0, np.float32))], FastLMValueError, "positive"),
     ({}, [TensorSpec("a", (1, 1, 1, 1, 1), "F32", np.zeros(1, np.float32))], FastLMValueError, "1 to 4"),
     ({}, [TensorSpec("a", (2, 48), "Q8_0", np.zeros(102, np.uint8))], FastLMValueError, "32-element blocks"),
-    ({}, [TensorSpec("a", (32,), "Q5_0", np.zeros(22, np.uint8))], FastLMValueError, "unsupported type"),
+    ({}, [TensorSpec("a", (32,), "Q8_K", np.zeros(22, np.uint8))], FastLMValueError, "unsupported type"),
     ({}, [TensorSpec("a", (32,), "Q8_0", np.zeros(33, np.uint8))], FastLMValueError, "takes 34 bytes, got 33"),
     ({}, [TensorSpec("a", (4,), "F32", np.zeros(4, np.float64))], FastLMTypeError, "float32"),
     ({}, [TensorSpec("a", (4,), "F32", np.zeros(5, np.float32))], FastLMValueError, "shape"),

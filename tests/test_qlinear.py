@@ -2,9 +2,9 @@
 gguf package making the blocks (its quantizers) and decoding them (ggml's reference dequantizers).
 
 Error bounds, per output element out[j, i] = x_j . w_i (w_i the dequantized row):
-  - float paths (F16 at any N, every type at N >= DEC_N_MIN, the K-quants always): float32 accumulation,
+  - float paths (F16 at any N, every type at N >= DEC_N_MIN): float32 accumulation,
     |err| <= FLOAT_TOL * ||x_j|| * ||w_i||, and ||out - ref|| / ||ref|| <= FLOAT_TOL.
-  - int16-activation paths (Q8_0 / Q4_0 / Q4_1 at N < DEC_N_MIN): each activation block of 32 is rounded to
+  - int16-activation paths (every block type at N < DEC_N_MIN): each activation block of 32 is rounded to
     d * q with d = max|x_b| / 32767 (q int16, round to nearest), so each element moves by at most
     d / 2 = max|x_b| / 65534. Per block, |w_b . e_b| <= ||w_b|| * sqrt(32) * max|x_b| / 65534
     <= ||w_b|| * ||x_b|| * sqrt(32) / 65534, and by Cauchy-Schwarz over blocks
@@ -24,10 +24,14 @@ from threadpoolctl import threadpool_limits
 from fastlm import _qlinear, _quant
 
 F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 1, 2, 3, 8, 12, 14
-QTYPES = [F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K]
-NAMES = {F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
-BLOCKS = {F16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q6_K: (256, 210)}
-INT_TYPES = {Q8_0, Q4_0, Q4_1}
+NAMES = dict(_qlinear.NAMES)                            # every type the kernels multiply by: F16 + the blocks
+QTYPES = sorted(NAMES)
+BLOCKS = dict(_qlinear.QL_BLOCKS)
+INT_TYPES = set(QTYPES) - {F16}
+# Types whose blocks gguf's quantizers make; the others get random blocks with finite fp16 scales, at these
+# byte offsets.
+QUANTIZABLE = {F16, Q4_0, Q4_1, 6, 7, Q8_0}
+SCALE_OFFSETS = {10: [80, 82], 11: [108], Q4_K: [0, 2], 13: [0, 2], Q6_K: [208], 20: [0], 23: [0]}
 FLOAT_TOL = 1e-5
 INT16_ABS = np.sqrt(32) / 65534
 INT16_REL = 3e-4
@@ -37,18 +41,18 @@ ROWS = [1, 7, 37, 100]
 
 
 def ks(qtype):
-    return [256, 512] if qtype in (Q4_K, Q6_K) else [32, 96, 576]
+    return [256, 512] if BLOCKS[qtype][0] == 256 else [32, 96, 576]
 
 
 @functools.lru_cache(maxsize=None)
 def weights(qtype, rows, k, seed=0):
     """(raw bytes (rows, row_bytes), dequantized float64 (rows, k)) of random weights of ``qtype``."""
     rng = np.random.default_rng([seed, qtype, rows, k])
-    if qtype in (Q4_K, Q6_K):
-        # gguf's quantizers do not cover the K-quants: random blocks with finite fp16 scales instead.
+    if qtype not in QUANTIZABLE:
+        # gguf's quantizers do not cover these types: random blocks with finite fp16 scales instead.
         be, bs = BLOCKS[qtype]
         raw = rng.integers(0, 256, size=(rows * k // be, bs), dtype=np.uint8)
-        for off in ([0, 2] if qtype == Q4_K else [208]):
+        for off in SCALE_OFFSETS[qtype]:
             raw[:, off:off + 2] = (rng.normal(0, 0.01, len(raw)).astype(np.float16).view(np.uint8)
                                    .reshape(-1, 2))
         raw = raw.reshape(rows, -1)
@@ -137,6 +141,66 @@ def test_simd_and_portable_agree(qtype, n):
     # in the order of the float accumulation, even on the integer paths.
     scale = np.abs(x).astype(np.float64) @ np.abs(ref_w).T
     assert np.all(np.abs(outs[0] - outs[1]) <= 1e-5 * scale)
+
+
+@pytest.mark.parametrize("isa", _qlinear.ISA_NAMES)
+@pytest.mark.parametrize("qtype", sorted(INT_TYPES), ids=NAMES.get)
+def test_every_simd_level_matches(isa, qtype):
+    """The integer kernels of each SIMD level the CPU has (set_isa), against the float64 product."""
+    if isa not in _qlinear.CPU_ISAS:
+        pytest.skip(f"this CPU does not run {isa} (it runs {', '.join(_qlinear.CPU_ISAS)})")
+    before_simd, before_isa = _qlinear.simd_enabled(), _qlinear.isa()
+    try:
+        _qlinear.set_simd(True)
+        _qlinear.set_isa(isa)
+        for n in (1, 4, 7):
+            k = ks(qtype)[-1]
+            raw, ref_w = weights(qtype, 37, k)
+            x = activations(n, k)
+            out = np.full((n, 37), np.nan, np.float32)
+            _qlinear.linear(x, raw, qtype, out)
+            assert_close(out, x, ref_w, qtype, n)
+    finally:
+        _qlinear.set_isa(before_isa)
+        _qlinear.set_simd(before_simd)
+
+
+def test_set_isa_rejects_levels_the_cpu_lacks():
+    with pytest.raises(ValueError, match="SIMD level"):
+        _qlinear.set_isa("sse9")
+    for isa in set(_qlinear.ISA_NAMES) - set(_qlinear.CPU_ISAS):
+        with pytest.raises(ValueError, match=isa):
+            _qlinear.set_isa(isa)
+
+
+@pytest.mark.parametrize("qtype", [10, 11, Q6_K, 23, Q8_0], ids=NAMES.get)
+def test_extreme_blocks_stay_exact(qtype, simd):
+    """The largest integers a block can hold (sub-scales times values: Q6_K's -128 x -32 = 4096) against the
+    largest activations: the int32 sums must not overflow."""
+    be, bs = BLOCKS[qtype]
+    k = 512
+    raw = np.zeros((4, k // be, bs), np.uint8)
+    if qtype == Q6_K:
+        raw[..., 192:208] = 0x80                        # scales -128, q = 0 - 32 = -32 everywhere
+        raw[..., 208:210] = np.array([1e-3], np.float16).view(np.uint8)
+    elif qtype == 11:                                   # Q3_K: scales 0 - 32 = -32, q = 0 - 4 = -4 (no high bit)
+        raw[..., 108:110] = np.array([1e-3], np.float16).view(np.uint8)
+    elif qtype == 10:                                   # Q2_K: scale 15, min 15, q = 3
+        raw[..., 0:16], raw[..., 16:80] = 0xFF, 0xFF
+        raw[..., 80:84] = np.tile(np.array([1e-3], np.float16).view(np.uint8), 2)
+    elif qtype == 23:                                   # IQ4_XS: scales 31 - 32 ... levels -127
+        raw[..., 2:8] = 0x00
+        raw[..., 0:2] = np.array([1e-3], np.float16).view(np.uint8)
+    else:                                               # Q8_0: q = -128
+        raw[..., 2:] = 0x80
+        raw[..., 0:2] = np.array([1e-3], np.float16).view(np.uint8)
+    raw = raw.reshape(4, -1)
+    ref_w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype)).astype(np.float64)
+    x = np.full((3, k), -1.0, np.float32)              # every block's elements round to -32767
+    x[1] = 1.0
+    out = np.empty((3, 4), np.float32)
+    _qlinear.linear(x, raw, qtype, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ ref_w.T, rtol=1e-5)
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)

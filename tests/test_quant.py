@@ -7,11 +7,12 @@ from fastlm import _quant
 from fastlm.errors import FastLMTypeError, ModelFormatError
 from fastlm.weights.quant import BLOCK_SIZES, GGMLType, dequantize, tensor_nbytes
 
-BLOCK_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K]
+BLOCK_TYPES = [t for t in GGMLType if BLOCK_SIZES[t][0] > 1]
 # Byte offsets of the fp16 scales in each block: random bytes there could be inf or NaN, so they are set
 # to finite values (with a subnormal and a zero among them).
-SCALE_OFFSETS = {GGMLType.Q8_0: [0], GGMLType.Q4_0: [0], GGMLType.Q4_1: [0, 2], GGMLType.Q4_K: [0, 2],
-                 GGMLType.Q6_K: [208]}
+SCALE_OFFSETS = {GGMLType.Q8_0: [0], GGMLType.Q4_0: [0], GGMLType.Q4_1: [0, 2], GGMLType.Q5_0: [0],
+                 GGMLType.Q5_1: [0, 2], GGMLType.IQ4_NL: [0], GGMLType.Q2_K: [80, 82], GGMLType.Q3_K: [108],
+                 GGMLType.Q4_K: [0, 2], GGMLType.Q5_K: [0, 2], GGMLType.Q6_K: [208], GGMLType.IQ4_XS: [0]}
 
 
 def random_blocks(qtype, n_blocks, rng):
@@ -105,9 +106,9 @@ def test_tensor_nbytes():
 def test_bad_arguments_raise(rng):
     raw = random_blocks(GGMLType.Q8_0, 2, rng)
     with pytest.raises(ModelFormatError, match="unsupported tensor type"):
-        dequantize(raw, 6, (64,))                                  # Q5_0
+        dequantize(raw, 9, (64,))                                  # Q8_1
     with pytest.raises(ModelFormatError, match="unsupported tensor type"):
-        dequantize(raw, "Q5_K", (64,))
+        dequantize(raw, "Q8_K", (64,))
     with pytest.raises(ModelFormatError, match="whole 32-element blocks"):
         dequantize(raw, "Q8_0", (2, 34))
     with pytest.raises(ModelFormatError, match="takes 102 bytes, got 68"):
@@ -125,4 +126,4 @@ def test_kernel_checks_sizes_before_decoding(rng):
     with pytest.raises(ValueError, match="do not hold"):
         _quant.dequantize(raw[:-1], int(GGMLType.Q4_K), np.empty(512, np.float32))
     with pytest.raises(ValueError, match="unsupported ggml type"):
-        _quant.dequantize(raw, 13, np.empty(512, np.float32))
+        _quant.dequantize(raw, 15, np.empty(512, np.float32))     # Q8_K

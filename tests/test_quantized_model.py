@@ -18,22 +18,24 @@ from conftest import GOLDEN
 # Head dim 64, and rows of 256 values: every block type, K-quants included, can hold every matrix.
 CONFIG = ModelConfig(vocab_size=97, d_model=256, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=512,
                      max_seq_len=64)
-TYPES = [GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K]
-# Decode logits against the dequantised model's, relative to the logits' spread: F16 and the K-quants
-# multiply in float32; Q8_0 / Q4_x take 8-bit activations (rounding error up to half a step of amax / 127
-# per value), about 0.5 % of a dot product each, compounded through the layers.
-DECODE_TOLERANCE = {GGMLType.F16: 1e-4, GGMLType.Q4_K: 1e-4, GGMLType.Q6_K: 1e-4,
-                    GGMLType.Q8_0: 3e-2, GGMLType.Q4_0: 3e-2, GGMLType.Q4_1: 3e-2}
+TYPES = [t for t in GGMLType if t in fastlm.weights.quant.KERNEL_TYPES]
+# Decode logits against the dequantised model's, relative to the logits' spread: F16 multiplies in float32;
+# the block types take int16 activations (rounding error up to half a step of amax / 32767 per value, about
+# 1e-5 of a dot product), compounded through the layers.
+DECODE_TOLERANCE = {t: 1e-4 if t == GGMLType.F16 else 1e-3 for t in TYPES}
 
 
-# The gguf package cannot encode K-quants: their blocks are random bytes with small fp16 scales at these offsets.
-K_SCALES = {GGMLType.Q4_K: ([0, 2], 2e-3), GGMLType.Q6_K: ([208], 1e-3)}
+# The gguf package cannot encode these types: their blocks are random bytes with small fp16 scales at these
+# offsets.
+K_SCALES = {GGMLType.Q2_K: ([80, 82], 2e-3), GGMLType.Q3_K: ([108], 1e-3), GGMLType.Q4_K: ([0, 2], 2e-3),
+            GGMLType.Q5_K: ([0, 2], 1e-3), GGMLType.Q6_K: ([208], 1e-4), GGMLType.IQ4_NL: ([0], 2e-3),
+            GGMLType.IQ4_XS: ([0], 2e-4)}
 
 
 def encode(w, qtype, rng):
     if qtype in K_SCALES:
         offsets, scale = K_SCALES[qtype]
-        blocks = rng.integers(0, 256, size=(w.size // 256, BLOCK_SIZES[qtype][1]), dtype=np.uint8)
+        blocks = rng.integers(0, 256, size=(w.size // BLOCK_SIZES[qtype][0], BLOCK_SIZES[qtype][1]), dtype=np.uint8)
         for offset in offsets:
             d = rng.uniform(0.5, 1.0, len(blocks)).astype(np.float16) * np.float16(scale)
             blocks[:, offset:offset + 2] = d.view(np.uint8).reshape(-1, 2)
@@ -136,19 +138,30 @@ def test_a_float64_model_decodes_the_blocks():
 
 
 def test_a_model_may_mix_types(rng):
-    # As llama.cpp's mixes do (e.g. Q6_K attn_v among Q4_K matrices): each matrix runs on its own type's kernel.
+    # As llama.cpp's mixes do (Q6_K attn_v and ffn_down among Q4_K matrices, Q5_0 / Q8_0 where a row is not a
+    # multiple of 256; here among Q4_0 ones, whose weights gguf's quantizer makes): each matrix runs on its own type's kernel, Q, K, V (and gate, up) of three types in one
+    # pass.
     params = quantized_params(GGMLType.Q4_0)
     rng = np.random.default_rng(1)
-    for name, qtype in [("blk.0.attn_v", GGMLType.Q8_0), ("blk.1.ffn_up", GGMLType.Q6_K),
-                        ("blk.1.attn_k", GGMLType.F16)]:
+    mix = [("blk.0.attn_q", GGMLType.Q5_0), ("blk.0.attn_output", GGMLType.Q4_K), ("blk.0.attn_k", GGMLType.IQ4_NL), ("blk.0.attn_v", GGMLType.Q6_K),
+           ("blk.0.ffn_gate", GGMLType.Q2_K), ("blk.0.ffn_up", GGMLType.Q3_K), ("blk.0.ffn_down", GGMLType.Q5_K),
+           ("blk.1.attn_q", GGMLType.Q5_1), ("blk.1.attn_k", GGMLType.F16), ("blk.1.attn_v", GGMLType.Q8_0),
+           ("blk.1.attn_output", GGMLType.IQ4_XS), ("blk.1.ffn_up", GGMLType.Q4_1)]
+    for name, qtype in mix:
         w = params[name].dequantize()
         params[name] = QuantizedTensor(encode(w, qtype, rng), qtype, w.shape)
     m = fastlm.CausalLM.from_params(CONFIG, params)
-    assert m.weight_types == {"F16": 1, "Q4_0": 2 + 7 * CONFIG.num_layers - 3, "Q6_K": 1, "Q8_0": 1}
+    assert m.weight_types == {"Q4_0": 2 + 7 * CONFIG.num_layers - len(mix), **{t.name: 1 for _, t in mix}}
     dense = fastlm.CausalLM.from_params(CONFIG, dequantized(params))
     ids = rng.integers(0, CONFIG.vocab_size, size=(2, 20))
     expected = dense.forward(ids)
     np.testing.assert_allclose(m.forward(ids), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    steps = []
+    for model in (m, dense):                                # decode: the integer kernels of every type
+        cache = model.new_cache(2, 24)
+        steps.append(np.stack([model.prefill(ids[:, :4], cache)]
+                              + [model.decode(ids[:, j], cache) for j in range(4, 12)]))
+    np.testing.assert_allclose(steps[0], steps[1], rtol=0, atol=1e-3 * np.abs(steps[1]).max())
 
 
 # ------------------------------------------------------------------------------------ the real model
@@ -231,7 +244,8 @@ def test_real_weights_stay_mapped(real_formats):
     (np.zeros(18 * 3, np.uint8), "Q4_0", (4, 32), fastlm.errors.ModelFormatError, "takes 72 bytes"),
     (np.zeros(18 * 4, np.float32), "Q4_0", (4, 32), fastlm.errors.ModelFormatError, "takes 72 bytes"),
     (np.zeros(18 * 4, np.uint8), "Q4_0", (4, 48), fastlm.errors.ModelFormatError, "whole 32-element blocks"),
-    (np.zeros(18 * 4, np.uint8), "Q5_K", (4, 32), fastlm.errors.ModelFormatError, "unsupported tensor type"),
+    (np.zeros(18 * 4, np.uint8), "Q8_K", (4, 32), fastlm.errors.ModelFormatError, "unsupported tensor type"),
+    (np.zeros(144 * 4, np.uint8), "Q4_K", (4, 128), fastlm.errors.ModelFormatError, "whole 256-element blocks"),
 ])
 def test_quantized_tensor_rejects_inconsistent_blocks(data, qtype, shape, error, message):
     with pytest.raises(error, match=message):

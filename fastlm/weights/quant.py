@@ -2,23 +2,33 @@
 
 Every type is a sequence of fixed-size blocks; a row (the fastest axis) holds whole blocks:
 
-=====  ==========  ======  ==========================================================================
-type   elements    bytes   layout (little-endian; d, m, dmin are fp16)
-=====  ==========  ======  ==========================================================================
-F32    1           4       float32
-F16    1           2       IEEE half
-BF16   1           2       bfloat16 (the top half of a float32)
-Q8_0   32          34      d, int8 q[32]: x = d * q
-Q4_0   32          18      d, 16 bytes: low nibble of byte j = q[j], high nibble = q[j + 16]; x = d * (q - 8)
-Q4_1   32          20      d, m, nibbles as Q4_0: x = d * q + m
-Q4_K   256         144     d, dmin, 12 bytes of eight 6-bit (scale, min), 128 bytes of nibbles:
-                           x = d * scale * q - dmin * min, one (scale, min) per 32 elements
-Q6_K   256         210     ql[128] low 4 bits, qh[64] high 2 bits, int8 scales[16], d:
-                           x = d * scale * (q - 32), one scale per 16 elements
-=====  ==========  ======  ==========================================================================
+=======  ========  =====  ======================================================================
+type     elements  bytes  layout (little-endian; d, m, dmin are fp16)
+=======  ========  =====  ======================================================================
+F32      1         4      float32
+F16      1         2      IEEE half
+BF16     1         2      bfloat16 (the top half of a float32)
+Q8_0     32        34     d, int8 q[32]: x = d * q
+Q4_0     32        18     d, 16 bytes: low nibble of byte j = q[j], high nibble = q[j + 16]; x = d * (q - 8)
+Q4_1     32        20     d, m, nibbles as Q4_0: x = d * q + m
+Q5_0     32        22     d, qh (32 fifth bits), nibbles as Q4_0: x = d * (q - 16)
+Q5_1     32        24     d, m, qh, nibbles: x = d * q + m
+IQ4_NL   32        18     d, nibbles as Q4_0 indexing 16 fixed levels (-127 ... 113): x = d * level
+Q2_K     256       84     16 (4-bit scale, 4-bit min) pairs, 2-bit q, d, dmin: x = d * scale * q - dmin * min,
+                          one pair per 16 elements
+Q3_K     256       110    high-bit mask, 2-bit q, sixteen 6-bit scales, d: x = d * (scale - 32) * (q - 4 * !h)
+Q4_K     256       144    d, dmin, eight 6-bit (scale, min) in 12 bytes, 4-bit q:
+                          x = d * scale * q - dmin * min, one (scale, min) per 32 elements
+Q5_K     256       176    as Q4_K with a fifth bit per element (qh[32])
+Q6_K     256       210    ql[128] low 4 bits, qh[64] high 2 bits, int8 scales[16], d:
+                          x = d * scale * (q - 32), one scale per 16 elements
+IQ4_XS   256       136    d, eight 6-bit scales, IQ4_NL's levels: x = d * (scale - 32) * level
+=======  ========  =====  ======================================================================
 
-The decoding runs in the compiled kernel :func:`fastlm._quant.dequantize`; its float32 results equal
-ggml's (and the ``gguf`` package's) bit for bit.
+Each type is one row of the compiled formats' table (``csrc/ggml_types.h``: block geometry, decoders,
+quantizer, dot kernels per SIMD level); :class:`GGMLType` and :data:`BLOCK_SIZES` are read from it. The
+decoding runs in the compiled kernel :func:`fastlm._quant.dequantize`; its float32 results equal ggml's (and
+the ``gguf`` package's) bit for bit.
 """
 from __future__ import annotations
 
@@ -34,17 +44,9 @@ from ..errors import FastLMTypeError, ModelFormatError
 __all__ = ["GGMLType", "BLOCK_SIZES", "KERNEL_TYPES", "QuantizedTensor", "tensor_nbytes", "dequantize"]
 
 
-class GGMLType(IntEnum):
-    """The ggml tensor types fastlm decodes, by their ids in GGUF tensor infos."""
-
-    F32 = 0
-    F16 = 1
-    Q4_0 = 2
-    Q4_1 = 3
-    Q8_0 = 8
-    Q4_K = 12
-    Q6_K = 14
-    BF16 = 30
+# The ggml tensor types fastlm decodes, by their ids in GGUF tensor infos: the compiled table's rows.
+GGMLType = IntEnum("GGMLType", {name: qtype for qtype, name in sorted(_quant.NAMES.items())},
+                   module=__name__, qualname="GGMLType")
 
 
 # (elements, bytes) of one block of each type: the kernel's own table, so the two cannot disagree.
