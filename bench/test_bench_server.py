@@ -20,6 +20,11 @@ RATES: dict[int, float] = {}
 @pytest.fixture(scope="module")
 def server():
     s = Server(fastlm.load(), parallel=8, ctx=1024, queue_size=64)
+    warm = openai.OpenAI(base_url=f"{s.url}/v1", api_key="-", max_retries=0, timeout=300)
+    for clients in (1, 2, 8):       # the first requests pay one-time costs (the thread-count probe, the template)
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda i: warm.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, seed=i), range(clients)))
     yield s
     s.stop()
 
