@@ -44,9 +44,13 @@ def fastlm_speed(path: Path, p: int, n: int, reps: int) -> tuple[float, float]:
 
 def llama_cpp_speed(path: Path, p: int, n: int, reps: int, threads: int) -> tuple[float, float] | None:
     try:
+        import llama_cpp
         from llama_cpp import Llama
     except ImportError:
         return None
+
+    def last_logits():      # llama-cpp-python 0.3 keeps no scores unless logits_all; read the context's own
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
     llm = Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=p + n + 8, n_batch=p, n_ubatch=p,
                 verbose=False)
     rng = np.random.default_rng(0)
@@ -57,11 +61,11 @@ def llama_cpp_speed(path: Path, p: int, n: int, reps: int, threads: int) -> tupl
         start = time.perf_counter()
         llm.eval(tokens)
         pp.append(p / (time.perf_counter() - start))
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
         start = time.perf_counter()
         for _ in range(n):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(last_logits()))
         tg.append(n / (time.perf_counter() - start))
     return float(np.mean(pp[1:])), float(np.mean(tg[1:]))
 
