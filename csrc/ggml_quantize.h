@@ -10,8 +10,11 @@
  *   Q5_1  as Q4_1 with d = (max - min) / 31, q up to 31, the 5th bits in qh
  *   F16   IEEE half, round to nearest even (subnormals kept, overflow to infinity)
  *
- * each step one rounded float32 operation in ggml's order. This file is compiled without floating-point
- * contraction, so no multiply-add is ever fused into an FMA (which would round once instead of twice). Bytes
+ * each step one rounded float32 operation in ggml's order. The K-quants (Q2_K ... Q6_K) and IQ4_NL / IQ4_XS
+ * below search for their scales as ggml does when no importance matrix is given; the gguf package has no
+ * quantizer for them, so tests/data/quant_goldens.npz holds llama.cpp's own bytes. This file is compiled
+ * without floating-point contraction, so no multiply-add is ever fused into an FMA (which would round once
+ * instead of twice). Bytes
  * are stored one at a time, so the output needs no alignment and does not depend on the host's byte order.
  */
 #ifndef FASTLM_GGML_QUANTIZE_H

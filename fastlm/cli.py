@@ -314,11 +314,11 @@ def cmd_quantize(args) -> int:
     start = time.perf_counter()
 
     def progress(i, n, name, from_type, to_type):
-        # One line on stderr, redrawn in place: a bar, the count, the time so far and the tensor being written;
+        # One line on stderr, redrawn in place: a bar, the count, the tensor being written and the time so far;
         # a newline after the last one.
         done = (i + 1) * 30 // n
-        print(f"\r[{'#' * done}{'.' * (30 - done)}] {i + 1:>{len(str(n))}}/{n} {time.perf_counter() - start:6.1f} s "
-              f"{name[:32]:<32} {from_type:>6} -> {to_type:<6}", end="\n" if i + 1 == n else "", file=sys.stderr,
+        print(f"\r[{'#' * done}{'.' * (30 - done)}] {i + 1:>{len(str(n))}}/{n} {name:<32} {from_type:>6} -> "
+              f"{to_type:<6} {time.perf_counter() - start:6.1f} s", end="\n" if i + 1 == n else "", file=sys.stderr,
               flush=True)
 
     summary = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress,
