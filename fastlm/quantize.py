@@ -117,14 +117,20 @@ class ModelFacts:
 
     @classmethod
     def of(cls, metadata: Mapping) -> "ModelFacts":
-        arch = metadata.get("general.architecture", "llama")
+        """The facts of a GGUF file's plain metadata (a per-layer array counts by its first layer, as llama.cpp
+        does)."""
+        arch = str(metadata.get("general.architecture", "llama"))
 
-        def first(key, default):
+        def number(key, default):
             value = metadata.get(f"{arch}.{key}", default)
-            return value[0] if isinstance(value, list) and value else value if not isinstance(value, list) else default
-        heads = int(first("attention.head_count", 1))
-        return cls(arch, int(first("block_count", 0)), heads, int(first("attention.head_count_kv", heads)),
-                   int(first("expert_count", 0)))
+            if isinstance(value, list):
+                value = value[0] if value else default
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ModelFormatError(f"metadata {arch}.{key} must be a non-negative integer, got {value!r}")
+            return value
+        heads = number("attention.head_count", 1)
+        return cls(arch, number("block_count", 0), heads, number("attention.head_count_kv", heads),
+                   number("expert_count", 0))
 
     @property
     def gqa(self) -> int:

@@ -269,6 +269,12 @@ def test_tensor_types_validates():
         tensor_types({}, "Q4_K_X")
     with pytest.raises(FastLMValueError, match="unknown quantization type"):
         tensor_types({}, "IQ2_XXS")
+    facts = ModelFacts.of({"general.architecture": "qwen2", "qwen2.block_count": 80,
+                           "qwen2.attention.head_count": [64] * 80, "qwen2.attention.head_count_kv": [8] * 80})
+    assert facts == ModelFacts("qwen2", 80, 64, 8, 0) and facts.gqa == 8 and facts.is_70b
+    assert ModelFacts.of({}).gqa == 1 and ModelFacts.of({"llama.attention.head_count_kv": 0}).gqa == 0
+    with pytest.raises(ModelFormatError, match="llama.block_count must be a non-negative integer, got 'x'"):
+        ModelFacts.of({"llama.block_count": "x"})
 
 
 # ------------------------------------------------------------------------------------- quantize_file
@@ -391,9 +397,10 @@ def test_real_model_quantizes_exactly_like_ggml(smollm2_formats, smollm2_gguf_pa
     src, dst = GGUFFile(smollm2_gguf_path), GGUFFile(smollm2_formats[qtype])
     assert list(dst.tensors) == list(src.tensors)
     chosen = tensor_types({n: i.shape for n, i in src.tensors.items()}, qtype, ModelFacts.of(src.metadata))
-    # SmolLM2 ties its output projection to token_embd: Q6_K in the quantized types but Q8_0
-    assert chosen["token_embd.weight"] == {"F32": GGMLType.F32, "F16": GGMLType.F16}.get(
-        qtype, GGMLType.Q8_0 if qtype == "Q8_0" else GGMLType.Q6_K)
+    # SmolLM2 ties its output projection to token_embd: Q6_K in llama.cpp's quantized types, but rows of
+    # d_model = 576 are not whole 256-element blocks, so Q8_0 (so are attn_*'s and ffn_gate / ffn_up's: the
+    # K-quant files fall back to 32-element types there; ffn_down's rows of 1536 keep them)
+    assert chosen["token_embd.weight"] == {"F32": GGMLType.F32, "F16": GGMLType.F16}.get(qtype, GGMLType.Q8_0)
     for name, info in dst.tensors.items():
         old = src.tensors[name]
         assert info.shape == old.shape
@@ -434,7 +441,7 @@ def test_real_model_metadata_reads_the_same_in_the_gguf_package(smollm2_formats,
             assert reader.fields[key].types == field.types, key
             assert reader.fields[key].contents() == field.contents(), key
     assert [(t.name, t.tensor_type, list(t.shape)) for t in reader.tensors] == \
-           [(t.name, G.F32 if len(t.shape) == 1 else G.Q6_K if t.name == "token_embd.weight" else G.Q4_0,
+           [(t.name, G.F32 if len(t.shape) == 1 else G.Q8_0 if t.name == "token_embd.weight" else G.Q4_0,
              list(t.shape)) for t in original.tensors]
 
 
