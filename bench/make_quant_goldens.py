@@ -13,7 +13,8 @@ flags), whose ``llama_model_quantize`` is llama-quantize's library call. Writes
   ones), llama.cpp's type of every tensor and the SHA-256 of all the tensors' bytes, in the model's order.
 
 ``--check`` compares fastlm with llama.cpp directly on the same inputs instead (no files written) and prints
-the differences.
+the differences; ``--real Q4_K_M,Q6_K,...`` does so on the real model (SmolLM2-135M's shipped Q4_1 file, which
+llama.cpp re-quantizes with ``allow_requantize``), tensor by tensor.
 """
 from __future__ import annotations
 
@@ -41,11 +42,12 @@ PURE_FILE_TYPE = {"F16": "F16", "Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1", 
 PURE_MIXES = ["Q4_K_M", "Q3_K_S", "Q6_K"]          # mixes also recorded with pure=True
 
 
-def llama_quantize(src: Path, dst: Path, file_type: str, pure: bool) -> None:
+def llama_quantize(src: Path, dst: Path, file_type: str, pure: bool, requantize: bool = False) -> None:
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FILE_TYPES[file_type]
     params.pure = pure
+    params.allow_requantize = requantize
     params.nthread = 2
     if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
         raise RuntimeError(f"llama_model_quantize failed on {src} -> {file_type}")
@@ -56,12 +58,40 @@ def tensor_bytes(path: Path) -> dict[str, tuple[str, bytes]]:
     return {name: (info.type_name, bytes(f._raw(info))) for name, info in f.tensors.items()}
 
 
+def check_real(file_types: list[str]) -> int:
+    """fastlm's and llama.cpp's quantization of the real model, tensor by tensor: the number of differences."""
+    import time
+
+    from fastlm.quantize import quantize_file
+    from fastlm.weights import fetch_default_model
+    src, bad = fetch_default_model(), 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for file_type in file_types:
+            start = time.perf_counter()
+            llama_quantize(src, Path(tmp) / "theirs.gguf", file_type, pure=False, requantize=True)
+            middle = time.perf_counter()
+            quantize_file(src, Path(tmp) / "ours.gguf", file_type)
+            end = time.perf_counter()
+            theirs, ours = tensor_bytes(Path(tmp) / "theirs.gguf"), tensor_bytes(Path(tmp) / "ours.gguf")
+            differ = [n for n in theirs if theirs[n] != ours.get(n)]
+            bad += len(differ)
+            types = sorted({t for t, _ in ours.values()})
+            print(f"{file_type:7} {len(ours)} tensors ({', '.join(types)}): {len(differ)} differ {differ[:3]}; "
+                  f"llama.cpp {middle - start:.0f} s, fastlm {end - middle:.0f} s", flush=True)
+    return bad
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with fastlm now, write nothing")
+    parser.add_argument("--real", default=None, metavar="TYPES", help="compare on the real model, these file types")
     args = parser.parse_args(argv)
     import llama_cpp
     llama_cpp.llama_backend_init()
+    if args.real:
+        bad = check_real([t.strip().upper() for t in args.real.split(",") if t.strip()])
+        print(f"{bad} differences")
+        return 1 if bad else 0
     bad = 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

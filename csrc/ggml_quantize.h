@@ -364,6 +364,14 @@ static float blkq_fit_affine(int n, int nmax, const float* x, const float* w, ui
     return scale;
 }
 
+/* 256 2-bit levels into 64 bytes: per 128 elements, byte l holds elements l, l + 32, l + 64, l + 96 (low bits
+   first). Q2_K's and Q3_K's qs. */
+static inline void blkq_pack2(const uint8_t* L, uint8_t* qs) {
+    for (int h = 0; h < 256; h += 128)
+        for (int l = 0; l < 32; l++)
+            qs[h / 4 + l] = (uint8_t)(L[h + l] | (L[h + l + 32] << 2) | (L[h + l + 64] << 4) | (L[h + l + 96] << 6));
+}
+
 /* Q2_K, 84 bytes: scales[16] (low nibble: the sub-block's scale, high nibble: its offset, in units of d and
    dmin), qs[64] (2-bit levels, 4 per byte: elements l, l + 32, l + 64, l + 96 of each 128), fp16 d, fp16 dmin.
    16 sub-blocks of 16, weights |x|. */
@@ -401,9 +409,7 @@ static inline void blkq_q2_k(const float* x, uint8_t* y) {
         for (int l = 0; l < 16; l++)
             L[16 * j + l] = (uint8_t)blkq_clamp(blkq_nearest_int((x[16 * j + l] + dm) / d), 0, 3);
     }
-    for (int h = 0; h < 256; h += 128)
-        for (int l = 0; l < 32; l++)
-            y[16 + h / 4 + l] = (uint8_t)(L[h + l] | (L[h + l + 32] << 2) | (L[h + l + 64] << 4) | (L[h + l + 96] << 6));
+    blkq_pack2(L, y + 16);
 }
 
 /* Q3_K, 110 bytes: hmask[32] (bit j / 32 of byte j % 32: the third bit of element j), qs[64] (low 2 bits, as
@@ -447,9 +453,7 @@ static inline void blkq_q3_k(const float* x, uint8_t* y) {
             L[j] = (int8_t)(L[j] - 4);
         }
     }
-    for (int h = 0; h < 256; h += 128)
-        for (int l = 0; l < 32; l++)
-            y[32 + h / 4 + l] = (uint8_t)(L[h + l] | (L[h + l + 32] << 2) | (L[h + l + 64] << 4) | (L[h + l + 96] << 6));
+    blkq_pack2((const uint8_t*)L, y + 32);          /* every level is 0..3 by now */
 }
 
 /* Q4_K / Q5_K's first half: 8 sub-blocks of 32 fitted affinely (weights rms(x) + |x|), the 6-bit scales and
