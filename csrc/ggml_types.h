@@ -63,13 +63,13 @@ static const blk_traits BLK_TRAITS[BLK_ID_MAX + 1] = {
     BLK_ROW(Q4_1, blkq_q4_1, 15),
     BLK_ROW(Q5_0, blkq_q5_0, 15),
     BLK_ROW(Q5_1, blkq_q5_1, 15),
-    BLK_ROW(Q2_K, 0, 15),
-    BLK_ROW(Q3_K, 0, 15),
-    BLK_ROW(Q4_K, 0, 15),
-    BLK_ROW(Q5_K, 0, 15),
-    BLK_ROW(Q6_K, 0, 15),
-    BLK_ROW(IQ4_NL, 0, 15),
-    BLK_ROW(IQ4_XS, 0, 15),
+    BLK_ROW(Q2_K, blkq_q2_k, 15),
+    BLK_ROW(Q3_K, blkq_q3_k, 15),
+    BLK_ROW(Q4_K, blkq_q4_k, 15),
+    BLK_ROW(Q5_K, blkq_q5_k, 15),
+    BLK_ROW(Q6_K, blkq_q6_k, 15),
+    BLK_ROW(IQ4_NL, blkq_iq4_nl, 15),
+    BLK_ROW(IQ4_XS, blkq_iq4_xs, 15),
 };
 
 /* The row of type id qtype, NULL for an id fastlm does not know. */

@@ -31,7 +31,7 @@ cdef void _run(blk_quantize_fn fn, const float* x, uint8_t* y, Py_ssize_t n_bloc
 
 def quantize(const float[::1] x, int qtype, uint8_t[::1] out):
     """Encode the float32 values ``x`` as ggml type ``qtype`` (one of ``BLOCKS``: F32, F16, Q8_0, Q4_0, Q4_1,
-    Q5_0, Q5_1) into ``out``, which must hold exactly ``len(x) / elements * bytes`` of the type's blocks."""
+    Q5_0, Q5_1, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) into ``out``, which must hold exactly ``len(x) / elements * bytes`` of the type's blocks."""
     if qtype not in BLOCKS:
         raise ValueError(f"qtype must be one of {sorted(BLOCKS)} ({', '.join(NAMES.values())}), got {qtype}")
     cdef Py_ssize_t elements = BLOCKS[qtype][0], nbytes = BLOCKS[qtype][1]

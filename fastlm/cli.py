@@ -298,26 +298,31 @@ def _bench(model, p: int, n: int, repetitions: int) -> tuple[list[float], list[f
 
 
 def _types(value: str) -> list[str]:
-    from .quantize import QUANT_TYPES
+    from .quantize import FILE_TYPE_ALIASES, FILE_TYPES
+    names = [*FILE_TYPES, *FILE_TYPE_ALIASES]
     types = [t.strip().upper() for t in value.split(",") if t.strip()]
-    unknown = [t for t in types if t not in QUANT_TYPES]
+    unknown = [t for t in types if t not in names]
     if unknown or not types:
         raise argparse.ArgumentTypeError(f"unknown type(s) {', '.join(unknown) or value!r}; choose from "
-                                         f"{','.join(QUANT_TYPES)}")
+                                         f"{','.join(names)}")
     return types
 
 
 def cmd_quantize(args) -> int:
-    """Re-encode a GGUF file's weight matrices as another type, like llama-quantize."""
+    """Re-encode a GGUF file as one of llama-quantize's file types, like llama-quantize."""
     from .quantize import quantize_file
+    start = time.perf_counter()
 
     def progress(i, n, name, from_type, to_type):
-        # One line, redrawn in place: a bar, the count, the tensor being written; a newline after the last one.
+        # One line on stderr, redrawn in place: a bar, the count, the tensor being written and the time so far;
+        # a newline after the last one.
         done = (i + 1) * 30 // n
         print(f"\r[{'#' * done}{'.' * (30 - done)}] {i + 1:>{len(str(n))}}/{n} {name:<32} {from_type:>6} -> "
-              f"{to_type:<6}", end="\n" if i + 1 == n else "", file=sys.stderr, flush=True)
+              f"{to_type:<6} {time.perf_counter() - start:6.1f} s", end="\n" if i + 1 == n else "", file=sys.stderr,
+              flush=True)
 
-    summary = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress)
+    summary = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress,
+                            pure=args.pure)
     types = ", ".join(f"{n} {t}" for t, n in sorted(summary.tensor_types.items()))
     print(f"quantized {summary.src} ({summary.bytes_in / 1e6:.1f} MB) -> {summary.dst} "
           f"({summary.bytes_out / 1e6:.1f} MB, {summary.qtype}): {summary.n_tensors} tensors ({types}) "
@@ -424,12 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dequantize", action="store_true", help="decode every weight to float32 at load")
     p.set_defaults(run=cmd_bench)
 
-    from .quantize import QUANT_TYPES
-    p = sub.add_parser("quantize", help=f"re-encode a GGUF file's weights as {', '.join(QUANT_TYPES)}")
+    from .quantize import FILE_TYPE_ALIASES, FILE_TYPES
+    p = sub.add_parser("quantize", help="re-encode a GGUF file as one of llama-quantize's file types (Q4_K_M, "
+                       "Q8_0, ...), tensor for tensor the bytes llama-quantize writes")
     p.add_argument("input", help="GGUF file to read")
     p.add_argument("output", help="GGUF file to write (replaced if it exists)")
-    p.add_argument("--type", required=True, type=str.upper, choices=list(QUANT_TYPES),
-                   help="type of the weight matrices (norms stay F32)")
+    p.add_argument("--type", required=True, type=str.upper, choices=[*FILE_TYPES, *FILE_TYPE_ALIASES],
+                   help="file type: its tensor type for most matrices, with llama.cpp's mix for the rest "
+                        "(Q3_K, Q4_K, Q5_K = the _M mixes); norms are copied")
+    p.add_argument("--pure", action="store_true", help="every matrix in the type itself (llama-quantize --pure): "
+                   "no Q6_K output, no mix")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_quantize)
 

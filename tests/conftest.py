@@ -9,7 +9,7 @@ import pytest
 import fastlm
 from fastlm import reference
 from fastlm.errors import FastLMError
-from fastlm.quantize import QUANT_TYPES, quantize_file
+from fastlm.quantize import quantize_file
 from fastlm.tokenizer import Tokenizer
 from fastlm.weights import GGUFFile, fetch_default_model
 
@@ -80,9 +80,23 @@ def smollm2_quantized(smollm2_gguf_path) -> fastlm.LanguageModel:
     return fastlm.load(smollm2_gguf_path)
 
 
+class _FormatFiles(dict):
+    """{file type name: path} of the real model re-encoded by ``fastlm quantize``, each written on first use."""
+
+    def __init__(self, src: Path, folder: Path):
+        super().__init__()
+        self.src, self.folder = src, folder
+
+    def __missing__(self, file_type: str) -> Path:
+        path = quantize_file(self.src, self.folder / f"smollm2-{file_type}.gguf", file_type).dst
+        self[file_type] = path
+        return path
+
+
 @pytest.fixture(scope="session")
 def smollm2_formats(smollm2_gguf_path, tmp_path_factory) -> dict[str, Path]:
-    """The real model re-encoded by ``fastlm quantize`` as every type it writes: {type name: path}."""
+    """The real model re-encoded by ``fastlm quantize`` as any file type it writes: {type name: path}, each
+    written when a test first asks for it."""
     folder = tmp_path_factory.mktemp("formats")
-    yield {t: quantize_file(smollm2_gguf_path, folder / f"smollm2-{t}.gguf", t).dst for t in QUANT_TYPES}
+    yield _FormatFiles(smollm2_gguf_path, folder)
     shutil.rmtree(folder, ignore_errors=True)        # ~1.1 GB: not worth keeping among pytest's last runs

@@ -138,6 +138,11 @@ def test_quantize(capsys, smollm2_gguf_path, tmp_path):
     assert types == {"F32", "Q8_0"}
     code, out, err = run(capsys, "quantize", "-q", smollm2_gguf_path, out_path, "--type", "Q4_0")
     assert code == 0 and err == "" and "Q4_0" in out
+    # the tied embedding is the output projection: Q8_0, as llama-quantize stores it for rows of 576 (Q6_K
+    # does not fit); --pure keeps it Q4_0
+    assert GGUFFile(out_path).tensors["token_embd.weight"].type_name == "Q8_0"
+    code, out, err = run(capsys, "quantize", "-q", "--pure", smollm2_gguf_path, out_path, "--type", "Q4_0")
+    assert code == 0 and "211 Q4_0" in out
     out_path.unlink()
 
 
@@ -156,14 +161,14 @@ def test_quantize_and_perplexity_mistakes(capsys, smollm2_gguf_path, tmp_path, m
 
 def test_bench_rejects_an_unknown_type(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--types", "F16,Q5_K"])
-    assert exit_info.value.code == 2 and "unknown type(s) 'Q5_K'" in capsys.readouterr().err
+        main(["bench", "--types", "F16,Q7_K"])
+    assert exit_info.value.code == 2 and "unknown type(s) 'Q7_K'" in capsys.readouterr().err
 
 
 def test_quantize_rejects_an_unknown_type(capsys, smollm2_gguf_path, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(["quantize", str(smollm2_gguf_path), str(tmp_path / "o.gguf"), "--type", "Q5_K"])
-    assert exit_info.value.code == 2 and "invalid choice: 'Q5_K'" in capsys.readouterr().err
+        main(["quantize", str(smollm2_gguf_path), str(tmp_path / "o.gguf"), "--type", "Q7_K"])
+    assert exit_info.value.code == 2 and "invalid choice: 'Q7_K'" in capsys.readouterr().err
 
 
 def test_perplexity(capsys, smollm2_gguf_path):
