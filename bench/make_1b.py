@@ -7,10 +7,8 @@ vocab 49152, tied output), so the tokenizer is copied from the SmolLM2 file fast
 the files too. Speed does not depend on the values:
 
 * ``1b.F16.gguf``: matrices N(0, 1 / k) in F16, norms 1 (F32), written by fastlm's GGUF writer;
-* the types fastlm's quantizer writes (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): ``fastlm quantize`` of the F16 file
-  (output projection = the tied embedding at Q8_0 in the 4/5-bit types, as `fastlm quantize` does);
-* the others (Q2_K ... Q6_K, IQ4_NL, IQ4_XS): random blocks with small fp16 scales (fastlm does not quantize
-  to them yet), the embedding / output projection in Q6_K as llama.cpp's K-quant mixes keep it.
+* every other type: ``fastlm quantize`` of the F16 file, which writes llama-quantize's file types tensor for
+  tensor (its mixes, and the tied embedding / output projection at Q6_K).
 """
 from __future__ import annotations
 
@@ -22,19 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fastlm.quantize import FILE_TYPES, QUANT_TYPES, quantize_file
+from fastlm.quantize import FILE_TYPES, quantize_file
 from fastlm.weights import GGUFFile
 from fastlm.weights.gguf_writer import GGUFValue, TensorSpec, ValueType, write_gguf
 from fastlm.weights.hub import fetch_default_model
-from fastlm.weights.quant import BLOCK_SIZES, GGMLType
+from fastlm.weights.quant import GGMLType
 
 SHAPE = dict(d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, d_ff=8192, vocab_size=49152)
-# fp16 scales of the random-block types: (byte offsets, magnitude), |x| about 0.02 like the F16 weights.
-RANDOM_SCALES = {"Q2_K": ([80, 82], 2e-3), "Q3_K": ([108], 1e-3), "Q4_K": ([0, 2], 5e-4), "Q5_K": ([0, 2], 2e-4),
-                 "Q6_K": ([208], 1e-4), "IQ4_NL": ([0], 2e-4), "IQ4_XS": ([0], 1e-5)}
-# llama.cpp's LLAMA_FTYPE of a file mostly of each random-block type (its *_M mixes where there are some).
-RANDOM_FILE_TYPES = {"Q2_K": 10, "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30}
-TYPES = ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", *RANDOM_SCALES]
+# The file types written (llama-quantize's names; Q4_K_M etc. are its mixes), each quantized from 1b.F16.gguf.
+TYPES = ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL",
+         "IQ4_XS"]
 
 
 def shapes(layers: int) -> dict[str, tuple[int, ...]]:
@@ -81,27 +76,6 @@ def write_f16(path: Path, layers: int, seed: int = 0) -> None:
     write_gguf(path, metadata(layers, FILE_TYPES["F16"]), [tensor(n, s) for n, s in shapes(layers).items()])
 
 
-def write_random_blocks(path: Path, qtype: str, layers: int, seed: int = 0) -> None:
-    offsets, scale = RANDOM_SCALES[qtype]
-
-    def tensor(name, shape):
-        t = GGMLType.F32 if len(shape) == 1 else GGMLType.Q6_K if name == "token_embd.weight" else GGMLType[qtype]
-
-        def make():
-            if t == GGMLType.F32:
-                return np.ones(shape, np.float32)
-            elements, nbytes = BLOCK_SIZES[t]
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            blocks = rng.integers(0, 256, size=(shape[0] * shape[1] // elements, nbytes), dtype=np.uint8)
-            offs, sc = RANDOM_SCALES[t.name]
-            for off in offs:
-                d = (rng.uniform(0.5, 1.0, len(blocks)) * sc).astype(np.float16)
-                blocks[:, off:off + 2] = d.view(np.uint8).reshape(-1, 2)
-            return blocks.reshape(-1)
-        return TensorSpec(name, shape, t, make)
-    write_gguf(path, metadata(layers, RANDOM_FILE_TYPES[qtype]), [tensor(n, s) for n, s in shapes(layers).items()])
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
@@ -117,13 +91,10 @@ def main(argv=None) -> int:
     for qtype in types:
         path = args.outdir / f"1b.{qtype}.gguf"
         start = time.perf_counter()
-        if qtype == "F16" or (qtype in QUANT_TYPES and not f16.is_file()):
-            if not f16.is_file():
-                write_f16(f16, args.layers)
-        if qtype in QUANT_TYPES and qtype != "F16":
+        if not f16.is_file():
+            write_f16(f16, args.layers)
+        if qtype != "F16":
             quantize_file(f16, path, qtype)
-        elif qtype in RANDOM_SCALES:
-            write_random_blocks(path, qtype, args.layers)
         print(f"{path}: {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 
