@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import fastlm
 from fastlm.errors import ModelFormatError
 from fastlm.weights import load_gguf, load_safetensors
 from fuzz import gguf, harness, malformed, safetensors, seeds, templates, tokenizer
@@ -80,3 +81,24 @@ def test_deeply_nested_json_is_a_format_error(tmp_path):
     (tmp_path / "config.json").write_text("[" * 100_000)
     with pytest.raises(ModelFormatError, match=r"config\.json: cannot read as JSON"):
         load_safetensors(tmp_path)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(seeds.model_gguf("Q8_0", config=seeds.CONFIG.replace(vocab_size=12)))
+    with pytest.raises(ModelFormatError, match="the tokenizer has 16 tokens, more than the 12 rows of the token "
+                                               "embedding"):
+        fastlm.load(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("label, context, refused", [("0", 0, True), ("2e31", 2 ** 31, True),
+                                                     ("2e63", 2 ** 63, True), ("2e24", 2 ** 24, False)])
+def test_the_declared_context_is_bounded(tmp_path, label, context, refused):
+    """A 9 KB file claiming 2^31 positions once made the model build 16 GB of RoPE tables; now the loader
+    refuses contexts outside [1, MAX_SEQ_LEN], and those inside size nothing until calls use them."""
+    data = harness.read_input(next((harness.REGRESSIONS / "gguf").glob(f"context-length-{label}-*")))
+    (tmp_path / "m.gguf").write_bytes(data)
+    if refused:
+        with pytest.raises(ModelFormatError, match=rf"llama\.context_length = {context} is outside \[1, 16777216\]"):
+            load_gguf(tmp_path / "m.gguf")
+    else:
+        assert load_gguf(tmp_path / "m.gguf")[0].max_seq_len == context
