@@ -7,6 +7,7 @@ input's size) is a bug. Run one from the repository root::
 
     python -m fuzz.gguf --seconds 300          # GGUF header, tensors, tokenizer and chat template of a file
     python -m fuzz.safetensors --seconds 300   # a safetensors file of a Hugging Face checkpoint
+    python -m fuzz.hf_config --seconds 300     # the config.json of that checkpoint, through the model it builds
     python -m fuzz.tokenizer --seconds 300     # tokenizer_config.json of a Hugging Face tokenizer directory
     python -m fuzz.templates --seconds 300     # chat template source and the messages rendered with it
     python -m fuzz.gguf crash-1234...          # replay inputs (a crash file, a corpus folder)

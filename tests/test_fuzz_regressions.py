@@ -9,11 +9,12 @@ import pytest
 import fastlm
 from fastlm.errors import ModelFormatError
 from fastlm.weights import load_gguf, load_safetensors
-from fuzz import gguf, harness, malformed, safetensors, seeds, templates, tokenizer
+from fuzz import gguf, harness, hf_config, malformed, safetensors, seeds, templates, tokenizer
 
 TARGETS = {"gguf": (gguf.check, seeds.gguf_seeds), "safetensors": (safetensors.check, seeds.safetensors_seeds),
            "tokenizer": (tokenizer.check, seeds.tokenizer_config_seeds),
-           "templates": (templates.check, seeds.template_seeds)}
+           "templates": (templates.check, seeds.template_seeds),
+           "hf_config": (hf_config.check, seeds.hf_config_seeds)}
 REGRESSIONS = [(target, path) for target in TARGETS for path in harness.inputs_in([harness.REGRESSIONS / target])]
 
 
