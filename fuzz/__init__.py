@@ -2,7 +2,7 @@
 
 Each target module has a ``check(data: bytes)`` that feeds one input to fastlm and returns normally when fastlm
 either accepts it or rejects it with the documented error; anything else (another exception, a run past
-:data:`fuzz.harness.TIME_LIMIT_S`, Python allocations beyond :func:`fuzz.harness.allocation_limit` of the
+:data:`fuzz.harness.TIME_LIMIT_S` of CPU time, Python allocations beyond :func:`fuzz.harness.allocation_limit` of the
 input's size) is a bug. Run one from the repository root::
 
     python -m fuzz.gguf --seconds 300          # GGUF header, tensors, tokenizer and chat template of a file
