@@ -32,8 +32,9 @@ def maps_of(path: Path) -> int:
         return sum(str(path) in line for line in f)
 
 
-def soak_calls(path: Path, calls: int, tokens: int) -> None:
-    """``calls`` short generate calls on one model: RSS after the warm-up and at the end."""
+def soak_calls(path: Path, calls: int, tokens: int, every: int = 1000) -> None:
+    """``calls`` short generate calls on one model: RSS after the warm-up, every ``every`` calls and at the
+    end."""
     lm = fastlm.load(path)
     warmup = max(1, calls // 20)
     start = time.perf_counter()
@@ -41,6 +42,9 @@ def soak_calls(path: Path, calls: int, tokens: int) -> None:
         if i == warmup:
             gc.collect()
             base = rss_mb()
+        elif i > warmup and i % every == 0:
+            print(f"  {i} calls, {time.perf_counter() - start:.0f} s: RSS {rss_mb():.1f} MB "
+                  f"({rss_mb() - base:+.1f} MB)", flush=True)
         lm.generate(f"Call {i}: once upon a time", tokens, seed=i)
     gc.collect()
     end = rss_mb()
