@@ -2,9 +2,9 @@
 
 A target is a function ``check(data: bytes)`` that returns normally when fastlm handled the input as
 documented (accepted it, or raised the error it promises). :func:`run_one` adds the two bounds that an
-exception cannot show: the input must finish within :data:`TIME_LIMIT_S` of CPU time, and the Python allocations it causes
-(NumPy arrays included: NumPy reports them to tracemalloc) must stay within :func:`allocation_limit` of its
-size. Native allocations (the Rust tokenizer) are bounded by libFuzzer's ``-rss_limit_mb`` instead.
+exception cannot show: the input must finish within :data:`TIME_LIMIT_S` of CPU time, and the Python
+allocations it causes (NumPy arrays included: NumPy reports them to tracemalloc) must stay within
+:func:`allocation_limit` of its size. Native allocations (the Rust tokenizer) are bounded by libFuzzer's ``-rss_limit_mb`` instead.
 """
 from __future__ import annotations
 
