@@ -14,7 +14,7 @@ import numpy as np
 
 from . import generation, structured
 from .config import ModelConfig
-from .errors import FastLMError, FastLMTypeError, FastLMValueError
+from .errors import FastLMError, FastLMTypeError, FastLMValueError, ModelFormatError
 from .generation import PromptCache, check_stop_sequences
 from .model import CausalLM
 from .runtime import StepThreads, apply_to_this_thread, get_num_threads
@@ -338,6 +338,8 @@ class ChatSession:
             raise FastLMValueError(f"{path}: the session was saved with another model")
         session = cls(lm, json.loads(str(saved["system"])), max_len)
         n = len(saved["tokens"])
+        if n <= session.cache.max_len:
+            session.cache.reserve(n)
         if n > session.cache.max_len or saved["k"].shape != session.cache.kv.k[:, :, :, :n].shape:
             raise FastLMValueError(f"{path}: its {n} cached positions do not fit this session")
         session.cache.kv.k[:, :, :, :n], session.cache.kv.v[:, :, :, :n] = saved["k"], saved["v"]
@@ -382,6 +384,9 @@ def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, dtype=np.float32, dequ
     else:
         config, params, metadata = load_gguf(path, dtype, quantized=not dequantize)
         tokenizer = Tokenizer.from_gguf_metadata(metadata)
+    if tokenizer.vocab_size > config.vocab_size:     # ids the embedding has no row for
+        raise ModelFormatError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
+                               f"{config.vocab_size} rows of the token embedding")
     model = CausalLM.from_params(config, params, dtype)
     if verbose:
         print(f"fastlm: loaded {path.name} ({config.num_layers} layers, d_model {config.d_model}, vocab "

@@ -37,6 +37,11 @@ import numpy as np
 from .errors import FastLMValueError
 from .validation import make_rng
 
+# The longest context a model may declare (GGUF context_length, Hugging Face max_position_embeddings):
+# 16 Mi positions, above every released model's (Llama 4 Scout's 10 M). Buffers per position are sized by
+# the caches and sequences that calls ask for, so a large declared context costs nothing until used.
+MAX_SEQ_LEN = 1 << 24
+
 ROPE_STYLES = ("interleaved", "neox")
 ACTIVATIONS = ("silu", "gelu_tanh")
 
@@ -78,6 +83,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff", "max_seq_len"):
             _check_positive_int(name, getattr(self, name))
+        if self.max_seq_len > MAX_SEQ_LEN:
+            raise FastLMValueError(f"max_seq_len must be at most {MAX_SEQ_LEN} (fastlm.config.MAX_SEQ_LEN), "
+                                   f"got {self.max_seq_len}")
         if self.num_heads % self.num_kv_heads:
             raise FastLMValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")

@@ -58,16 +58,30 @@ def shared_prefix(cached: np.ndarray, prompt: np.ndarray) -> int:
 class PromptCache:
     """The KV cache of one conversation kept between calls: ``tokens`` are the positions it holds. A call
     given it reuses the longest common prefix of those tokens and its prompt and prefills only the rest
-    (:class:`fastlm.api.ChatSession`)."""
+    (:class:`fastlm.api.ChatSession`).
+
+    It holds up to ``max_len`` positions (default the model's max_seq_len), but its storage ``kv`` is
+    allocated as the conversation needs it: :meth:`reserve` grows it, at least doubling."""
 
     def __init__(self, model: "CausalLM", max_len: int | None = None):
-        self.kv = model.new_cache(1, max_len)
+        self.max_len = model.max_seq_len if max_len is None else check_int("max_len", max_len, 1)
+        if self.max_len > model.max_seq_len:
+            raise FastLMValueError(f"max_len {self.max_len} exceeds the model's max_seq_len {model.max_seq_len}")
+        self.model = model
+        self.kv = model.new_cache(1, min(self.max_len, model.prefill_chunk))
         self.tokens = np.empty(0, np.int64)
         self.reused = 0                          # positions the last call took from the cache
 
-    @property
-    def max_len(self) -> int:
-        return self.kv.max_len
+    def reserve(self, positions: int) -> None:
+        """Storage for ``positions`` (at most max_len) positions, the cached ones kept."""
+        if positions <= self.kv.max_len:
+            return
+        if positions > self.max_len:
+            raise FastLMValueError(f"{positions} positions exceed the prompt cache's max_len {self.max_len}")
+        kv = self.model.new_cache(1, min(self.max_len, max(positions, 2 * self.kv.max_len)))
+        n = kv.lengths[0] = self.kv.lengths[0]
+        kv.k[:, :, :, :n], kv.v[:, :, :, :n] = self.kv.k[:, :, :, :n], self.kv.v[:, :, :, :n]
+        self.kv = kv
 
     def reuse(self, prompt: np.ndarray) -> int:
         """Keep the positions shared with ``prompt`` (at least its last token is left to compute, for its
@@ -205,6 +219,7 @@ def generate_steps(model: "CausalLM", prompts, max_new_tokens: int, sampler, *, 
         if len(prompts[0]) + max_new_tokens > W:
             raise FastLMValueError(f"the prompt ({len(prompts[0])} tokens) and {max_new_tokens} new tokens exceed "
                                    f"the prompt cache's {W} positions")
+        prompt_cache.reserve(len(prompts[0]) + max_new_tokens)
     source = (_CachedLogits if use_cache else _NaiveLogits)(model, rows, W, sliding_window, prompt_cache)
     logits = source.start()
     for step in range(max_new_tokens):

@@ -3,6 +3,8 @@
 dense projections in BLAS."""
 from __future__ import annotations
 
+import copy
+import threading
 from types import SimpleNamespace
 from typing import Iterator
 
@@ -56,7 +58,8 @@ class RMSNorm:
 
 class Workspace:
     """Activation buffers for up to ``capacity`` tokens, allocated once and reused by every layer and every
-    step, and the attention kernel's scratch for those calls against caches of up to ``max_keys`` positions.
+    step, and the attention kernel's scratch for those calls against caches of up to ``max_keys`` positions
+    (None: as many as the caches it has served, grown by :meth:`reserve_keys`; a number fixes it).
     ``views(B, L)`` cuts them for a call over B rows of L tokens (cached per shape, so a decode loop
     allocates nothing)."""
 
@@ -65,7 +68,8 @@ class Workspace:
         c = config
         h, hkv, dk = c.num_heads, c.num_kv_heads, c.head_dim
         self.capacity = capacity
-        self.max_keys = c.max_seq_len if max_keys is None else max_keys
+        self.max_keys = min(capacity, c.max_seq_len) if max_keys is None else max_keys
+        self._grows = max_keys is None
         self._widths = {                       # values per token
             "x": c.d_model,                    # residual stream
             "xn": c.d_model,                   # normalised input of a sub-layer
@@ -91,6 +95,16 @@ class Workspace:
                          if self._max_in else None)
         self._threads = threads
         self._views.clear()                    # they hold the previous scratch
+
+    def reserve_keys(self, max_keys: int) -> None:
+        """Make the scratch serve caches of ``max_keys`` positions: grows a workspace made without a fixed
+        ``max_keys``, raises for one made with a smaller one."""
+        if max_keys <= self.max_keys:
+            return
+        if not self._grows:
+            raise FastLMValueError(f"workspace max_keys {self.max_keys} is below the cache's max_len {max_keys}")
+        self.max_keys = max_keys
+        self._size_scratch(self._threads)
 
     def views(self, B: int, L: int) -> SimpleNamespace:
         if B * L > self.capacity:
@@ -138,7 +152,8 @@ class TransformerBlock:
     Each matrix is a float array or, as loaded, a :class:`QuantizedTensor` (a file may mix types, e.g. a Q6_K
     attn_v among Q4_K matrices); Q/K/V and gate/up are fused projections (see :func:`fused`). Norm scales
     are stored with the config's ``norm_offset`` folded in; ``rope_cos`` / ``rope_sin`` are this layer's
-    (max_seq_len, rope_dim / 2) tables (local layers have their own base).
+    (positions, rope_dim / 2) tables (local layers have their own base), as long as the model has grown them
+    (see :meth:`CausalLM.compiled_for`).
     """
 
     def __init__(self, config: ModelConfig, params: dict[str, Matrix], index: int, dtype: np.dtype,
@@ -176,6 +191,7 @@ class CausalLM:
     """
 
     prefill_chunk = 512   # tokens per row in one prefill pass: bounds activation memory for long prompts
+    rope_rows = 512       # positions the RoPE tables start with; they grow with the caches calls use
 
     def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int,
                  d_ff: int, max_seq_len: int = 2048, tie_weights: bool = False, rope_theta: float = 10000.0,
@@ -208,13 +224,12 @@ class CausalLM:
         c = config
         self.embedding = as_matrix(params["token_embd"], dtype)                             # (V, d)
         self.embed_scale = dtype.type(np.sqrt(c.d_model)) if c.scale_embeddings else None
-        # RoPE tables (max_seq_len, rope_dim / 2) per kind of layer, computed once in float64 and rounded.
-        tables = {}
+        # RoPE frequencies per kind of layer (global, local); their tables cover the positions that calls
+        # have needed so far (compiled_for), never the file's whole context up front.
+        self._rope_freqs = {}
         for i in range(c.num_layers):
-            key = i in c.local_layers
-            if key not in tables:
-                angles = np.arange(c.max_seq_len)[:, None] * c.rope_inv_freq(i)
-                tables[key] = (np.cos(angles).astype(dtype), np.sin(angles).astype(dtype))
+            self._rope_freqs.setdefault(i in c.local_layers, c.rope_inv_freq(i))
+        tables = self._rope_tables(min(self.rope_rows, c.max_seq_len))
         self.blocks = [TransformerBlock(c, params, i, dtype, tables[i in c.local_layers])
                        for i in range(c.num_layers)]
         self.final_norm = RMSNorm(np.asarray(params["output_norm"], np.float64) + c.norm_offset, c.norm_eps,
@@ -222,9 +237,41 @@ class CausalLM:
         # The output projection (V, d); tied, it is the embedding table itself, blocks included.
         self.output = self.embedding if c.tie_weights else as_matrix(params["output"], dtype)
         self.quantized = any(isinstance(w, QuantizedTensor) for w in self._matrices())
-        self._compiled = _blocks.Blocks(self.blocks, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_dim,
-                                        c.rope_style == "neox", c.activation == "gelu_tanh", c.scores_scale,
-                                        c.attn_softcap)
+        self._compiled = self._compile(self.blocks)
+        self._rope_len = self.blocks[0].rope_cos.shape[0]    # set after _compiled, read before it
+        self._growing = threading.Lock()
+
+    def _rope_tables(self, positions: int) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+        """cos and sin (positions, rope_dim / 2) per kind of layer, computed in float64 and rounded."""
+        tables = {}
+        for local, freq in self._rope_freqs.items():
+            angles = np.arange(positions)[:, None] * freq
+            tables[local] = (np.cos(angles).astype(self.dtype), np.sin(angles).astype(self.dtype))
+        return tables
+
+    def _compile(self, blocks: list[TransformerBlock]) -> _blocks.Blocks:
+        c = self.config
+        return _blocks.Blocks(blocks, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_dim, c.rope_style == "neox",
+                              c.activation == "gelu_tanh", c.scores_scale, c.attn_softcap)
+
+    def compiled_for(self, positions: int) -> _blocks.Blocks:
+        """The compiled blocks, their RoPE tables covering at least ``positions`` positions (capped at
+        max_seq_len). Tables grow, at least doubling, when a call needs more; the new tables go to new compiled
+        blocks over copies of the TransformerBlocks, so a call running on the old ones in another thread keeps
+        them, tables included, alive until it returns."""
+        positions = min(positions, self.max_seq_len)
+        if self._rope_len >= positions:
+            return self._compiled
+        with self._growing:
+            if self._rope_len < positions:
+                n = min(self.max_seq_len, max(positions, 2 * self._rope_len))
+                tables = self._rope_tables(n)
+                blocks = [copy.copy(b) for b in self.blocks]
+                for i, block in enumerate(blocks):
+                    block.rope_cos, block.rope_sin = tables[i in self.config.local_layers]
+                self._compiled, self.blocks = self._compile(blocks), blocks
+                self._rope_len = n
+            return self._compiled
 
     @property
     def W_out(self) -> np.ndarray:
@@ -276,7 +323,7 @@ class CausalLM:
 
     def new_workspace(self, capacity: int, max_keys: int | None = None) -> Workspace:
         """Activation buffers for calls over up to ``capacity`` tokens in all (B * L), into caches of up to
-        ``max_keys`` (default max_seq_len) positions."""
+        ``max_keys`` positions (default: the caches it is used with, its scratch growing to the longest)."""
         max_keys = None if max_keys is None else check_int("max_keys", max_keys, 1)
         return Workspace(self.config, self.dtype, check_int("capacity", capacity, 1), max_keys, self.quantized)
 
@@ -294,8 +341,7 @@ class CausalLM:
                                                                         cache.max_len)
         if ws.capacity < B:
             raise FastLMValueError(f"workspace capacity {ws.capacity} is below the batch size {B}")
-        if ws.max_keys < cache.max_len:
-            raise FastLMValueError(f"workspace max_keys {ws.max_keys} is below the cache's max_len {cache.max_len}")
+        ws.reserve_keys(cache.max_len)
         chunk = ws.capacity // B
         for start in range(0, L, chunk):
             views = ws.views(B, min(chunk, L - start))
@@ -341,7 +387,8 @@ class CausalLM:
             _gather.embedding_gather(self.embedding, ids, ws.x.reshape(B, L, -1))
         if self.embed_scale is not None:
             np.multiply(ws.x, self.embed_scale, out=ws.x)
-        self._compiled.run(ws.x, *ws.layer_buffers, k, v, start_pos, ws.attn_scratch, ws.qscratch)
+        compiled = self.compiled_for(k.shape[3])
+        compiled.run(ws.x, *ws.layer_buffers, k, v, start_pos, ws.attn_scratch, ws.qscratch)
 
     def _project(self, hidden: np.ndarray, out: np.ndarray, ws: SimpleNamespace) -> None:
         """Final RMSNorm (in place) and the output projection of hidden (M, d) into out (M, V)."""

@@ -1,7 +1,10 @@
 """Fuzz a GGUF file end to end: the header, every tensor's decoding, the model loader, the tokenizer and the
-chat template that the file's metadata describes. ``python -m fuzz.gguf --seconds 300``."""
+chat template that the file's metadata describes, and the model it builds (a forward pass and two generated
+tokens, whose buffers must stay within the oracle's bound whatever context length the file declares).
+``python -m fuzz.gguf --seconds 300``."""
 from __future__ import annotations
 
+import fastlm
 from fastlm.errors import FastLMValueError, ModelFormatError
 from fastlm.tokenizer import Tokenizer
 from fastlm.weights import GGUFFile, load_gguf
@@ -43,6 +46,16 @@ def check(data: bytes) -> None:
             load_gguf(path, quantized=quantized)
         except ModelFormatError:
             pass
+    try:
+        lm = fastlm.load(path)
+    except ModelFormatError:
+        return
+    lm.model.forward([0])
+    try:
+        lm.model.generate_batch([[0]], 2, greedy=True)
+    except FastLMValueError as e:    # NaN or inf weights make logits that sampling refuses, naming them
+        if "logits" not in str(e):
+            raise
 
 
 if __name__ == "__main__":

@@ -150,6 +150,20 @@ def model_safetensors(dtype: str = "F32") -> bytes:
     return safetensors_bytes(tensors)
 
 
+def hf_config_seeds() -> list[bytes]:
+    """config.json files of the tiny model, with the keys other families and RoPE variants read."""
+    variants = [{}, {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
+                {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "partial_rotary_factor": 0.5},
+                {"model_type": "qwen2", "sliding_window": 4, "use_sliding_window": True, "max_window_layers": 0},
+                {"model_type": "gemma3_text", "sliding_window": 4, "sliding_window_pattern": 2,
+                 "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 16, "head_dim": 16,
+                 "rope_local_base_freq": 10000.0, "final_logit_softcapping": 30.0},
+                {"layer_types": ["sliding_attention"], "sliding_window": 8,
+                 "rope_parameters": {"full_attention": {"rope_theta": 1e4}, "sliding_attention": {"rope_theta": 1e3}}}]
+    return [json.dumps({**HF_CONFIG, **v}).encode() for v in variants]
+
+
 def safetensors_seeds() -> list[bytes]:
     from .malformed import malformed_safetensors
     valid = model_safetensors("F32")

@@ -282,3 +282,22 @@ def test_cache_misuse_raises(model, model32):
         model32.prefill(np.ones((1, 2), np.int64), cache)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.new_cache(1, W + 1)
+
+
+def test_a_prompt_cache_grows_as_the_conversation_does(rng):
+    """A PromptCache allocates positions as calls need them (at least doubling, up to its max_len), keeping
+    the cached ones: each turn gives the tokens of a call without the cache."""
+    from fastlm.generation import PromptCache
+    model = fastlm.CausalLM(**TINY, seed=0)
+    model.prefill_chunk = 4                           # the cache's first allocation
+    cache = PromptCache(model)
+    assert cache.kv.max_len == 4 and cache.max_len == TINY["max_seq_len"]
+    history = rng.integers(0, 97, size=3)
+    for turn in range(3):
+        (got,) = model.generate_batch([history], 3, greedy=True, prompt_cache=cache)
+        (expected,) = model.generate_batch([history], 3, greedy=True)
+        np.testing.assert_array_equal(got.tokens, expected.tokens)
+        history = np.concatenate([history, got.tokens, rng.integers(0, 97, size=2)])
+    assert cache.reused > 0 and cache.kv.max_len == 16   # 4 -> 8 -> 16 for the 13 + 3 positions of turn 3
+    with pytest.raises(fastlm.FastLMValueError, match="exceed the prompt cache's 24 positions"):
+        model.generate_batch([history], 20, prompt_cache=cache)

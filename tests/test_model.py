@@ -180,3 +180,60 @@ def test_workspace_must_cover_the_cache_length():
     model.prefill([[1, 2]], model.new_cache(1, 10), 0, model.new_workspace(8, max_keys=10))
     with pytest.raises(fastlm.FastLMValueError, match="max_keys"):
         model.new_workspace(8, max_keys=0)
+
+
+# ------------------------------------------------------------------- buffers sized by use, not by the header
+
+def test_rope_tables_grow_with_the_caches_calls_use(monkeypatch, rng):
+    """The RoPE tables start short and grow (at least doubling, capped at max_seq_len) when a cache needs
+    more positions; the grown model computes exactly what one built with full tables does."""
+    full = fastlm.CausalLM(**TINY, seed=0)
+    monkeypatch.setattr(fastlm.CausalLM, "rope_rows", 4)
+    model = fastlm.CausalLM(**TINY, seed=0)
+    assert model.blocks[0].rope_cos.shape[0] == 4 and full.blocks[0].rope_cos.shape[0] == TINY["max_seq_len"]
+    old = model.compiled_for(4)
+    ids = rng.integers(0, 97, size=(2, 9))
+    cache, reference = model.new_cache(2, 10), full.new_cache(2, 10)
+    np.testing.assert_array_equal(model.prefill(ids, cache), full.prefill(ids, reference))
+    np.testing.assert_array_equal(model.decode([1, 2], cache), full.decode([1, 2], reference))
+    assert model.blocks[0].rope_cos.shape[0] == 10 and model.compiled_for(10) is not old
+    np.testing.assert_array_equal(model.blocks[1].rope_sin, full.blocks[1].rope_sin[:10])
+    model.forward(ids[:, :6])                   # shorter: nothing grows
+    assert model.blocks[0].rope_cos.shape[0] == 10
+    np.testing.assert_array_equal(model.forward(rng.integers(0, 97, size=(1, 24)))[0, -1].shape, (97,))
+    assert model.blocks[0].rope_cos.shape[0] == 24          # 2 x 10, capped at max_seq_len
+    assert model.compiled_for(10 ** 9) is model.compiled_for(24)
+
+
+def test_a_workspace_without_max_keys_grows_with_the_cache(rng):
+    model = fastlm.CausalLM(**TINY, seed=0)
+    ws = model.new_workspace(4)
+    assert ws.max_keys == 4
+    cache = model.new_cache(1, 20)
+    expected = model.prefill([[5, 6, 7]], model.new_cache(1, 20), 0, model.new_workspace(4, max_keys=20))
+    np.testing.assert_array_equal(model.prefill([[5, 6, 7]], cache, 0, ws), expected)
+    assert ws.max_keys == 20
+
+
+def test_a_huge_declared_context_costs_nothing_until_used(tmp_path):
+    """A 9 KB GGUF may declare the longest context fastlm allows (2^24 positions): loading it, generating
+    and opening a chat session allocate what the calls need, not tables or caches for 2^24 positions."""
+    import tracemalloc
+    from fastlm.config import MAX_SEQ_LEN
+    from fastlm.weights.gguf_writer import GGUFValue, ValueType
+    from fuzz.seeds import model_gguf
+    path = tmp_path / "m.gguf"
+    path.write_bytes(model_gguf("Q8_0", extra={"llama.context_length": GGUFValue(ValueType.UINT32, MAX_SEQ_LEN)}))
+    tracemalloc.start()
+    try:
+        lm = fastlm.load(path)
+        lm.generate("ab", 4, seed=0)
+        session = lm.chat_session()
+        session.send("ab", 4, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert lm.model.max_seq_len == MAX_SEQ_LEN and peak < 16 << 20
+    path.write_bytes(model_gguf("Q8_0", extra={"llama.context_length": GGUFValue(ValueType.UINT32, 2 ** 31)}))
+    with pytest.raises(fastlm.ModelFormatError, match=r"llama\.context_length = 2147483648 is outside \[1, 16777216\]"):
+        fastlm.load(path)

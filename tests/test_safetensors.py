@@ -253,7 +253,15 @@ def test_missing_weights_file(ckpt):
     ({"hidden_act": "gelu"}, "activation 'gelu'"),
     ({"head_dim": 16}, "has shape"),
     ({"num_attention_heads": 5}, "invalid model shape"),
-    ({"vocab_size": "many"}, "invalid model shape"),
+    ({"vocab_size": "many"}, r"vocab_size must be an integer in \[1, inf\], got 'many'"),
+    # Absurd sizes are refused from config.json alone, before anything is sized by them.
+    ({"max_position_embeddings": 2 ** 31}, r"max_position_embeddings must be an integer in \[1, 16777216\]"),
+    ({"max_position_embeddings": 0}, r"max_position_embeddings must be an integer in \[1, 16777216\]"),
+    ({"num_hidden_layers": 10 ** 9}, r"num_hidden_layers must be an integer in \[1, 4096\]"),
+    ({"num_key_value_heads": 3}, "invalid model shape: num_heads .* must be a multiple of num_kv_heads"),
+    ({"head_dim": True}, "head_dim must be an integer"),
+    ({"partial_rotary_factor": "half"}, "invalid model shape"),
+    ({"rope_theta": [1]}, "invalid model shape"),
 ])
 def test_unsupported_or_invalid_config(ckpt, changes, message):
     (ckpt / "config.json").write_text(json.dumps(config_json(CONFIG, **changes)))

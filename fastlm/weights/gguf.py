@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig, parameter_shapes
+from ..config import MAX_SEQ_LEN, ModelConfig, parameter_shapes
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .quant import BLOCK_SIZES, KERNEL_TYPES, GGMLType, QuantizedTensor, dequantize
 
@@ -377,6 +377,9 @@ def _config(gguf: GGUFFile) -> ModelConfig:
     if get("attention.value_length", int, head_dim) != head_dim:
         gguf._fail(f"{arch}.attention.value_length differs from key_length {head_dim}; fastlm needs them equal")
     layers, heads = get("block_count", int), get("attention.head_count", int)
+    context = get("context_length", int)
+    if not 1 <= context <= MAX_SEQ_LEN:
+        gguf._fail(f"{arch}.context_length = {context} is outside [1, {MAX_SEQ_LEN}] (fastlm.config.MAX_SEQ_LEN)")
     window = get("attention.sliding_window", int, 0)
     divisors = None
     if "rope_freqs.weight" in gguf.tensors:          # llama3 scaling: per-pair divisors of the frequencies
@@ -392,7 +395,7 @@ def _config(gguf: GGUFFile) -> ModelConfig:
             num_heads=heads,
             num_kv_heads=get("attention.head_count_kv", int, heads),
             d_ff=get("feed_forward_length", int),
-            max_seq_len=get("context_length", int),
+            max_seq_len=context,
             tie_weights="output.weight" not in gguf.tensors,
             rope_theta=float(get("rope.freq_base", float, 10000.0)),
             norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),

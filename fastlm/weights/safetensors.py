@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig, llama3_rope_divisors, parameter_shapes
+from ..config import MAX_SEQ_LEN, ModelConfig, llama3_rope_divisors, parameter_shapes
 from ..errors import FastLMTypeError, FastLMValueError, ModelFormatError
 from .gguf import _check_disjoint, _map_file
 from .quant import GGMLType, dequantize
@@ -115,6 +115,11 @@ MODEL_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma3_text": ("gemma3", dict(_GEMMA, qk_norm=True)),
 }
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+MAX_LAYERS = 4096                  # config.json's num_hidden_layers, read before any tensor is (Llama 3 405B: 126)
+# Integer keys of config.json: (smallest, largest) value; a key may be absent or null where it has a default.
+_INT_KEYS = {"vocab_size": (1, None), "hidden_size": (1, None), "num_hidden_layers": (1, MAX_LAYERS),
+             "num_attention_heads": (1, None), "num_key_value_heads": (1, None), "intermediate_size": (1, None),
+             "head_dim": (1, None), "max_position_embeddings": (1, MAX_SEQ_LEN), "sliding_window": (0, None)}
 
 
 def _config(cfg: Any, path: Path) -> ModelConfig:
@@ -132,13 +137,30 @@ def _config(cfg: Any, path: Path) -> ModelConfig:
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         if key not in cfg:
             fail(f"missing key {key!r}")
+    for key, (low, high) in _INT_KEYS.items():
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low
+                                  or high is not None and value > high):
+            fail(f"{key} must be an integer in [{low}, {high or 'inf'}], got {value!r}")
     layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     if cfg.get("mlp_bias"):
         fail("MLP biases are not supported")
     activation = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
     if _ACTIVATIONS.get(activation) != fixed.get("activation", "silu"):
         fail(f"activation {activation!r} is not supported for {model_type}")
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // max(heads, 1)
+    try:
+        return _model_config(cfg, model_type, arch, fixed, fail)
+    except ModelFormatError:
+        raise
+    except (TypeError, ValueError, ArithmeticError) as e:      # a value of the wrong type or out of range
+        fail(f"invalid model shape: {e}")
+
+
+def _model_config(cfg: dict, model_type: str, arch: str, fixed: dict, fail) -> ModelConfig:
+    """_config's reading of a config.json whose integer keys are checked: any other value that does not
+    convert raises TypeError or ValueError, which _config turns into a ModelFormatError."""
+    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     types = _layer_types(cfg, model_type, layers)
     global_rope, local_rope = _rope(cfg, types, fail)
     rope_dim = int(head_dim * float(global_rope.get("partial_rotary_factor",
@@ -161,24 +183,21 @@ def _config(cfg: Any, path: Path) -> ModelConfig:
         fail("scaled RoPE on sliding-window layers is not supported")
     local = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
     softcaps = {k: float(cfg.get(k) or 0.0) for k in ("attn_logit_softcapping", "final_logit_softcapping")}
-    try:
-        return ModelConfig(
-            vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], num_layers=layers, num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads, d_ff=cfg["intermediate_size"],
-            max_seq_len=cfg.get("max_position_embeddings", 2048),
-            tie_weights=bool(cfg.get("tie_word_embeddings", arch.startswith("gemma"))),
-            rope_theta=float(global_rope.get("rope_theta", 10000.0)),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            arch=arch, head_dim=head_dim, rope_dim=rope_dim, rope_freq_divisors=divisors, rope_scaling=scaling,
-            rope_local_theta=float(local_rope["rope_theta"]) if local and "rope_theta" in local_rope else None,
-            qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-            attn_softcap=softcaps["attn_logit_softcapping"], final_softcap=softcaps["final_logit_softcapping"],
-            attn_scale=float(cfg["query_pre_attn_scalar"]) ** -0.5 if cfg.get("query_pre_attn_scalar") else None,
-            sliding_window=int(cfg.get("sliding_window") or 0) if local else 0, local_layers=local,
-            **fixed,
-        )
-    except (FastLMValueError, TypeError, ValueError) as e:
-        fail(f"invalid model shape: {e}")
+    return ModelConfig(
+        vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], num_layers=layers, num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads, d_ff=cfg["intermediate_size"],
+        max_seq_len=cfg.get("max_position_embeddings", 2048),
+        tie_weights=bool(cfg.get("tie_word_embeddings", arch.startswith("gemma"))),
+        rope_theta=float(global_rope.get("rope_theta", 10000.0)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        arch=arch, head_dim=head_dim, rope_dim=rope_dim, rope_freq_divisors=divisors, rope_scaling=scaling,
+        rope_local_theta=float(local_rope["rope_theta"]) if local and "rope_theta" in local_rope else None,
+        qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+        attn_softcap=softcaps["attn_logit_softcapping"], final_softcap=softcaps["final_logit_softcapping"],
+        attn_scale=float(cfg["query_pre_attn_scalar"]) ** -0.5 if cfg.get("query_pre_attn_scalar") else None,
+        sliding_window=int(cfg.get("sliding_window") or 0) if local else 0, local_layers=local,
+        **fixed,
+    )
 
 
 def _layer_types(cfg: dict, model_type: str, layers: int) -> list[str]:
