@@ -107,6 +107,19 @@ def scratch_dir(files: dict[str, bytes]) -> Path:
     return folder
 
 
+def run_checkpoint(files: dict[str, bytes]) -> None:
+    """Load a Hugging Face checkpoint made of ``files`` and run one forward pass through the model it builds;
+    a ModelFormatError is the loader refusing the input, which is right."""
+    from fastlm.errors import ModelFormatError
+    from fastlm.model import CausalLM
+    from fastlm.weights import load_safetensors
+    try:
+        config, params, _ = load_safetensors(scratch_dir(files))
+    except ModelFormatError:
+        return
+    CausalLM.from_params(config, params).forward([0])
+
+
 # --------------------------------------------------------------------------------------- the plain mutator
 
 _INTERESTING = [0, 1, 2, 7, 8, 16, 31, 32, 255, 256, 1024, 65535, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32,

@@ -30,36 +30,30 @@ def test_repeated_calls_do_not_grow_memory(tiny_model):
     assert rss_mb() - before < 4
 
 
-def test_load_unload_cycles_release_maps_and_memory(tiny_model):
-    for _ in range(20):
-        fastlm.load(tiny_model).generate("ab", 2, seed=0)
+def load_cycles_growth(path, prompt: str, warm: int, cycles: int) -> float:
+    """MB of RSS gained over ``cycles`` loads of ``path`` (after ``warm`` untimed ones), each generating a token
+    or two and dropped: each live model maps the file once, and dropping it unmaps the file."""
+    kept = maps_of(path)                        # other tests' models (session fixtures) may hold the file
+    for _ in range(warm):
+        fastlm.load(path).generate(prompt, 1, seed=0)
     gc.collect()
     before = rss_mb()
-    for _ in range(300):
-        lm = fastlm.load(tiny_model)
-        lm.generate("ab", 2, seed=0)
-        assert maps_of(tiny_model) == 1
+    for _ in range(cycles):
+        lm = fastlm.load(path)
+        lm.generate(prompt, 2, seed=0)
+        assert maps_of(path) == kept + 1
         del lm
-    gc.collect()
-    assert maps_of(tiny_model) == 0
-    assert rss_mb() - before < 4
+        gc.collect()
+        assert maps_of(path) == kept
+    return rss_mb() - before
+
+
+def test_load_unload_cycles_release_maps_and_memory(tiny_model):
+    assert load_cycles_growth(tiny_model, "ab", 20, 300) < 4
 
 
 @pytest.mark.soak
 def test_the_real_model_releases_its_maps_when_dropped(smollm2_gguf_path):
-    """Each load maps the 98 MB file once; dropping the model unmaps it and gives its memory back (the
-heap's high-water mark settles within ~8 cycles, about 1 MB a cycle until then; a model kept alive would hold
-~100 MB a cycle)."""
-    kept = maps_of(smollm2_gguf_path)           # other tests' models (session fixtures) may hold the file
-    for _ in range(2):
-        fastlm.load(smollm2_gguf_path).generate("Hi", 1, seed=0)
-    gc.collect()
-    before = rss_mb()
-    for _ in range(5):
-        lm = fastlm.load(smollm2_gguf_path)
-        lm.generate("Hi", 1, seed=0)
-        assert maps_of(smollm2_gguf_path) == kept + 1
-        del lm
-        gc.collect()
-        assert maps_of(smollm2_gguf_path) == kept
-    assert rss_mb() - before < 16
+    """The 98 MB file is mapped once per load and given back when the model is dropped (the heap's high-water
+mark settles within ~8 cycles, about 1 MB a cycle until then; a model kept alive would hold ~100 MB a cycle)."""
+    assert load_cycles_growth(smollm2_gguf_path, "Hi", 2, 5) < 16
