@@ -66,7 +66,8 @@ static inline void blkq_f32(const float* x, uint8_t* y) {
 
 static inline void blkq_f16(const float* x, uint8_t* y) { blkq_put16(y, blkq_fp32_to_fp16(*x)); }
 
-/* The element of largest |x| among n (the first one, its sign kept), as ggml's Q4_0 / Q5_0 find it. */
+/* The element of largest |x| among n (the first one, its sign kept), as ggml finds it for Q4_0 / Q5_0 and the
+   K-quants' scales; its fabsf is that largest |x|. */
 static inline float blkq_absmax_signed(const float* x, int n) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < n; j++) {
@@ -200,23 +201,11 @@ static inline int blkq_clamp(int v, int lo, int hi) { return v < lo ? lo : v > h
 /* Below this largest |x| a sub-block counts as all zeros (ggml's GROUP_MAX_EPS). */
 #define BLKQ_ZERO_GROUP 1e-15f
 
-/* The element of largest |x| (first one, sign kept) and that |x|. */
-static inline float blkq_signed_peak(const float* x, int n, float* peak_abs) {
-    float amax = 0.0f, max = 0.0f;
-    for (int i = 0; i < n; i++) {
-        const float a = fabsf(x[i]);
-        if (a > amax) { amax = a; max = x[i]; }
-    }
-    *peak_abs = amax;
-    return max;
-}
-
 /* Symmetric levels q in [-nmax, nmax - 1] for n values, x ~ scale * q, the scale chosen among 19 trial
    reciprocals -(nmax + k/10) / peak (k = 0, +-1 ... +-9) to maximise (sum w x q)^2 / sum w q^2 with w = x^2
    (ggml's make_qx_quants with rmse_type 1). Writes q + nmax to L; returns the scale. Q6_K's sub-blocks. */
 static float blkq_fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
-    float amax;
-    const float max = blkq_signed_peak(x, n, &amax);
+    const float max = blkq_absmax_signed(x, n), amax = fabsf(max);
     if (amax < BLKQ_ZERO_GROUP) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.0f;
@@ -256,8 +245,7 @@ static float blkq_fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
    elements to the level the others' least-squares scale suggests whenever that raises (sum w x q)^2 /
    sum w q^2, w = x^2 (ggml's make_q3_quants with do_rmse). Writes q + nmax to L; returns the scale. */
 static float blkq_fit_q3(int n, int nmax, const float* x, int8_t* L) {
-    float amax;
-    const float max = blkq_signed_peak(x, n, &amax);
+    const float max = blkq_absmax_signed(x, n), amax = fabsf(max);
     if (amax < BLKQ_ZERO_GROUP) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.0f;
@@ -417,12 +405,8 @@ static inline void blkq_q2_k(const float* x, uint8_t* y) {
 static inline void blkq_q3_k(const float* x, uint8_t* y) {
     int8_t L[256];
     float scales[16];
-    float max_scale = 0.0f, amax = 0.0f;
-    for (int j = 0; j < 16; j++) {
-        scales[j] = blkq_fit_q3(16, 4, x + 16 * j, L + 16 * j);
-        const float a = fabsf(scales[j]);
-        if (a > amax) { amax = a; max_scale = scales[j]; }
-    }
+    for (int j = 0; j < 16; j++) scales[j] = blkq_fit_q3(16, 4, x + 16 * j, L + 16 * j);
+    const float max_scale = blkq_absmax_signed(scales, 16);
     uint8_t* sc = y + 96;
     memset(sc, 0, 12);
     if (max_scale != 0.0f) {
@@ -534,13 +518,9 @@ static inline void blkq_q5_k(const float* x, uint8_t* y) {
 static inline void blkq_q6_k(const float* x, uint8_t* y) {
     int8_t L[256];
     float scales[16];
-    float max_scale = 0.0f, max_abs = 0.0f;
-    for (int j = 0; j < 16; j++) {
-        scales[j] = blkq_fit_symmetric(16, 32, x + 16 * j, L + 16 * j);
-        const float a = fabsf(scales[j]);
-        if (a > max_abs) { max_abs = a; max_scale = scales[j]; }
-    }
-    if (max_abs < BLKQ_ZERO_GROUP) {                 /* an all-zero block: every byte 0 */
+    for (int j = 0; j < 16; j++) scales[j] = blkq_fit_symmetric(16, 32, x + 16 * j, L + 16 * j);
+    const float max_scale = blkq_absmax_signed(scales, 16);
+    if (fabsf(max_scale) < BLKQ_ZERO_GROUP) {                 /* an all-zero block: every byte 0 */
         memset(y, 0, 210);
         return;
     }
@@ -587,8 +567,7 @@ static inline int blkq_iq4_level(float v) {
    over 15 trial reciprocals (k - 127) / peak, k = -7..7 (ggml's quantize_row_iq4_nl_impl with ntry 7 and no
    importance weights). 0 for an all-zero sub-block. */
 static float blkq_iq4_fit(const float* x) {
-    float amax;
-    const float max = blkq_signed_peak(x, 32, &amax);
+    const float max = blkq_absmax_signed(x, 32), amax = fabsf(max);
     if (amax < BLKQ_ZERO_GROUP) return 0.0f;
     const float lv0 = (float)BLK_IQ4_LEVELS[0];
     float d = -max / lv0;
@@ -638,12 +617,8 @@ static inline void blkq_iq4_nl(const float* x, uint8_t* y) {
    unrounded d = -(the sub-scale of largest |.|) / 32. */
 static inline void blkq_iq4_xs(const float* x, uint8_t* y) {
     float scales[8];
-    float max_scale = 0.0f, amax_scale = 0.0f;
-    for (int ib = 0; ib < 8; ib++) {
-        scales[ib] = blkq_iq4_fit(x + 32 * ib);
-        const float a = fabsf(scales[ib]);
-        if (a > amax_scale) { amax_scale = a; max_scale = scales[ib]; }
-    }
+    for (int ib = 0; ib < 8; ib++) scales[ib] = blkq_iq4_fit(x + 32 * ib);
+    const float max_scale = blkq_absmax_signed(scales, 8);
     const float d = -max_scale / 32.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     blkq_put16(y, blkq_fp32_to_fp16(d));
