@@ -1,6 +1,7 @@
 """Preallocated key/value storage for the layers of one model."""
 from __future__ import annotations
 
+import math
 import mmap
 
 import numpy as np
@@ -51,8 +52,8 @@ def _untouched_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     A cache is written sparsely at first: a few positions of every (layer, row, head). numpy advises its large
     allocations to use transparent huge pages, so each first write there made the kernel clear a whole 2 MB page:
     SmolLM2's first 40-token prefill into an 8-row cache took 2.5 s instead of 0.12 s."""
-    nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    memory = mmap.mmap(-1, nbytes)
+    count = math.prod(shape)
+    memory = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
     if hasattr(mmap, "MADV_NOHUGEPAGE"):       # for THP "always"; under "madvise" small pages are the default
         memory.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(memory, dtype, int(np.prod(shape))).reshape(shape)
+    return np.frombuffer(memory, dtype, count).reshape(shape)
