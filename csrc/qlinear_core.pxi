@@ -6,8 +6,8 @@ from libc.stdint cimport int16_t
 cdef extern from "qlinear_impl.h" nogil:
     enum:
         QL_INT_N_MAX
-    void ql_quant_rows(const float* x, int n, int k, int16_t* q, float* d, float* s, float* sl, float* sh,
-                       int simd)
+    void ql_quant_rows(const float* x, int n, int k, int group, int16_t* q, float* d, float* s, float* sl,
+                       float* sh, int simd)
     void ql_int_dot(int qtype, int isa, const int16_t* q, const float* d, const float* s, const float* sl,
                     const float* sh, int n, int k, const uint8_t* w, size_t row_bytes, int rows, float* out,
                     int ld_out, float beta)
@@ -134,10 +134,12 @@ cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* 
     """qlinear_run for up to 3 matrices that share the input x, their outputs side by side in each row of out
     (Q, K and V; gate and up): one pass of the threads over all their rows, x rounded to integers once."""
     cdef Py_ssize_t n = ni, k = ki
-    cdef int p, mi = 0, any_int = 0
+    cdef int p, mi = 0, any_int = 0, group = 32
     for p in range(nparts):
         mi += parts[p].rows
-        any_int = any_int or _mode(parts[p].qtype, n, simd) == M_INT
+        if _mode(parts[p].qtype, n, simd) == M_INT:
+            any_int = 1
+            group = max(group, blk_traits_of(parts[p].qtype).elems)  # the 256-element kernels need 256
     cdef int threads = omp_get_max_threads() if <double>ni * mi * ki >= PARALLEL_MIN_WORK else 1
 
     # Layout: align the base to 64 bytes; per-thread float buffers, then the quantized activations.
@@ -147,7 +149,7 @@ cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* 
     cdef int16_t* xq = <int16_t*>act
     cdef float* xd = <float*>(act + _align(n * k * 2))
     if any_int:
-        ql_quant_rows(xp, ni, ki, xq, xd, <float*>(<uint8_t*>xd + blocks), <float*>(<uint8_t*>xd + 2 * blocks),
+        ql_quant_rows(xp, ni, ki, group, xq, xd, <float*>(<uint8_t*>xd + blocks), <float*>(<uint8_t*>xd + 2 * blocks),
                       <float*>(<uint8_t*>xd + 3 * blocks), simd)
 
     # Slices of the rows of all the parts together; a slice crossing a part boundary does a piece of each.

@@ -50,25 +50,27 @@
 
 /* ------------------------------------------------------------------------ activation quantization, portable */
 
-/* x (k floats, k % 32 == 0) -> q (k int16), d = max|x_b| / 32767, s = d * sum(q), sl, sh = d * the halves'
- * sums, per block of 32. */
-static void ql_quant_row(const float *x, int k, int16_t *q, float *d, float *s, float *sl, float *sh)
+/* x (k floats, k % group == 0, group 32 or 256) -> q (k int16) with one scale per group,
+ * d = max|x_group| / 32767, stored per block of 32; s = d * sum(q), sl, sh = d * the halves' sums, per block. */
+static void ql_quant_row(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl, float *sh)
 {
-    for (int b = 0; b < k / 32; b++, x += 32, q += 32) {
+    for (int g = 0; g < k / group; g++) {
         float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < group; j++) amax = fmaxf(amax, fabsf(x[g * group + j]));
         const float db = amax / 32767.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
-        int sum[2] = {0, 0};
-        for (int j = 0; j < 32; j++) {
-            float v = x[j] * id;                          /* clamp (NaN -> -32768), then round half to even: */
-            v = v != v ? -32768.0f : v < -32768.0f ? -32768.0f : v > 32767.0f ? 32767.0f : v;   /* as AVX2 */
-            q[j] = (int16_t)rintf(v);
-            sum[j >> 4] += q[j];
+        for (int b = g * group / 32; b < (g + 1) * group / 32; b++) {
+            int sum[2] = {0, 0};
+            for (int j = 32 * b; j < 32 * b + 32; j++) {
+                float v = x[j] * id;                      /* clamp (NaN -> -32768), then round half to even: */
+                v = v != v ? -32768.0f : v < -32768.0f ? -32768.0f : v > 32767.0f ? 32767.0f : v;   /* as AVX2 */
+                q[j] = (int16_t)rintf(v);
+                sum[(j >> 4) & 1] += q[j];
+            }
+            d[b] = db;
+            s[b] = db * (float)(sum[0] + sum[1]);
+            sl[b] = db * (float)sum[0];
+            sh[b] = db * (float)sum[1];
         }
-        d[b] = db;
-        s[b] = db * (float)(sum[0] + sum[1]);
-        sl[b] = db * (float)sum[0];
-        sh[b] = db * (float)sum[1];
     }
 }
 
@@ -141,32 +143,35 @@ QL_AVX2_INLINE int ql_hsum_i32(__m256i v)
 }
 
 /* The same int16 values and sums as ql_quant_row. */
-QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *d, float *s, float *sl, float *sh)
+QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl,
+                                      float *sh)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-32768.0f), hi = _mm256_set1_ps(32767.0f);
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int b = 0; b < k / 32; b++, x += 32, q += 32) {
-        const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16),
-                     v3 = _mm256_loadu_ps(x + 24);
-        const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                       _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    for (int g = 0; g < k / group; g++) {
+        __m256 m = _mm256_setzero_ps();
+        for (int j = g * group; j < (g + 1) * group; j += 8)     /* max_ps(NaN, m) is m: NaNs skipped, as fmaxf */
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), m);
         const float amax = ql_hmax(m);
         const float db = amax / 32767.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
         const __m256 vid = _mm256_set1_ps(id);
-        /* max_ps(v, lo) returns lo for a NaN v; then cvtps rounds half to even, as the portable code */
-#define QL_Q16(v) _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, vid), lo), hi))
-        const __m256i i0 = QL_Q16(v0), i1 = QL_Q16(v1), i2 = QL_Q16(v2), i3 = QL_Q16(v3);
+        for (int b = g * group / 32; b < (g + 1) * group / 32; b++) {
+            const float *xb = x + 32 * b;
+            /* max_ps(v, lo) returns lo for a NaN v; then cvtps rounds half to even, as the portable code */
+#define QL_Q16(v) _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(v), vid), lo), hi))
+            const __m256i i0 = QL_Q16(xb), i1 = QL_Q16(xb + 8), i2 = QL_Q16(xb + 16), i3 = QL_Q16(xb + 24);
 #undef QL_Q16
-        /* packs interleave the 128-bit lanes: (i0 lo, i1 lo, i0 hi, i1 hi); permute4x64 restores the order */
-        const __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8),
-                      p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
-        _mm256_storeu_si256((__m256i *)q, p0);
-        _mm256_storeu_si256((__m256i *)(q + 16), p1);
-        const int s0 = ql_hsum_i32(_mm256_madd_epi16(p0, ones)), s1 = ql_hsum_i32(_mm256_madd_epi16(p1, ones));
-        d[b] = db;
-        s[b] = db * (float)(s0 + s1);
-        sl[b] = db * (float)s0;
-        sh[b] = db * (float)s1;
+            /* packs interleave the 128-bit lanes: (i0 lo, i1 lo, i0 hi, i1 hi); permute4x64 restores the order */
+            const __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8),
+                          p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+            _mm256_storeu_si256((__m256i *)(q + 32 * b), p0);
+            _mm256_storeu_si256((__m256i *)(q + 32 * b + 16), p1);
+            const int s0 = ql_hsum_i32(_mm256_madd_epi16(p0, ones)), s1 = ql_hsum_i32(_mm256_madd_epi16(p1, ones));
+            d[b] = db;
+            s[b] = db * (float)(s0 + s1);
+            sl[b] = db * (float)s0;
+            sh[b] = db * (float)s1;
+        }
     }
 }
 
@@ -189,152 +194,173 @@ QL_AVX2_INLINE __m256i ql_iq4_avx2(__m128i nibbles)
     return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, nibbles));
 }
 
-/* The scales of the block at b of 256-element type QT, once per block and weight row: per chunk cb, dl[cb] and
- * the offsets m0[cb] (elements 0-15) and m1[cb] (16-31; Q2_K only, the others have one m, in m0), with
- * x = dl * w + m for the integers w of ql_ints_avx2; the 16-element sub-block formats' integer sub-scales in
- * sc[0..15] (their dl is then d). */
-QL_AVX2_INLINE void ql_scales_avx2(const int QT, const uint8_t *b, float *dl, float *m0, float *m1, int16_t *sc)
+/* The scales of the block at b of 256-element type QT, once per block and weight row: dl = d * the sub-scale,
+ * per chunk (Q4_K, Q5_K, IQ4_XS: dl[c]) or per half chunk (the 16-element sub-block formats Q2_K, Q3_K, Q6_K:
+ * dl[2 c + h]); the offsets m of each sub-block (x = dl * w + m for the integers w of ql_ints_avx2), to be
+ * multiplied by the activations' sums: Q4_K's and Q5_K's one per chunk in mlo (times s), Q2_K's one per half
+ * chunk, mlo for the first halves (times sl) and mhi for the second (times sh). The same single roundings as
+ * the scalar decoder: d * scale, -(dmin * min). */
+QL_AVX2_INLINE __m256 ql_u8x8_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+
+QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, __m256 *mlo, __m256 *mhi)
 {
-    switch (QT) {      /* the 256-element formats; the 32-element ones' dl and m are their fp16 d and m */
-    case BLK_IQ4_XS: {
-        const float d = ql_fp16_avx2(b);
-        for (int c = 0; c < 8; c++) dl[c] = d * (float)blk_iq4xs_scale(b, c);
+    switch (QT) {
+    case BLK_Q2_K: {            /* 16 bytes: low nibble the scale, high nibble the min, of half chunk i */
+        const __m128i v = _mm_loadu_si128((const __m128i *)b), n4 = _mm_set1_epi8(15);
+        const __m128i sc = _mm_and_si128(v, n4);
+        const __m256 d = _mm256_set1_ps(ql_fp16_avx2(b + 80)), ndmin = _mm256_set1_ps(-ql_fp16_avx2(b + 82));
+        _mm256_store_ps(dl, _mm256_mul_ps(d, ql_u8x8_ps(sc)));
+        _mm256_store_ps(dl + 8, _mm256_mul_ps(d, ql_u8x8_ps(_mm_srli_si128(sc, 8))));
+        const __m128i mins = _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), n4),        /* evens, odds */
+                                              _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+        *mlo = _mm256_mul_ps(ndmin, ql_u8x8_ps(mins));
+        *mhi = _mm256_mul_ps(ndmin, ql_u8x8_ps(_mm_srli_si128(mins, 8)));
         break;
     }
-    case BLK_Q2_K: {
-        const float d = ql_fp16_avx2(b + 80), dmin = ql_fp16_avx2(b + 82);
-        for (int c = 0; c < 8; c++) {
-            dl[c] = d;
-            m0[c] = -(dmin * (float)(b[2 * c] >> 4));
-            m1[c] = -(dmin * (float)(b[2 * c + 1] >> 4));
-        }
-        for (int i = 0; i < 16; i++) sc[i] = b[i] & 15;
-        break;
-    }
-    case BLK_Q3_K: {
-        const float d = ql_fp16_avx2(b + 108);
-        for (int c = 0; c < 8; c++) dl[c] = d;
-        for (int i = 0; i < 16; i++) sc[i] = (int16_t)blk_k3_scale(b + 96, i);
+    case BLK_Q3_K: {            /* blk_k3_scale's bits, 16 at a time: low nibbles from bytes 0-7, the top 2 bits of
+                                   scale i at bit 2 (i / 4) of byte 8 + i % 4 */
+        const __m128i s = _mm_loadl_epi64((const __m128i *)(b + 96)), n4 = _mm_set1_epi8(15);
+        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4));
+        const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)blk_u32(b + 104)), _mm_setr_epi32(0, 2, 4, 6)),
+                                         _mm_set1_epi8(3));
+        const __m128i sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+        const __m256 d = _mm256_set1_ps(ql_fp16_avx2(b + 108));
+        _mm256_store_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+        _mm256_store_ps(dl + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
         break;
     }
     case BLK_Q4_K: case BLK_Q5_K: {
-        const float d = ql_fp16_avx2(b), dmin = ql_fp16_avx2(b + 2);
-        for (int c = 0; c < 8; c++) {
-            dl[c] = d * (float)blk_k4_scale(b + 4, c);
-            m0[c] = -(dmin * (float)blk_k4_min(b + 4, c));
-        }
+        /* the 12 bytes of 6-bit scales and mins as words: blk_k4_scale's / blk_k4_min's bits, 4 at a time */
+        const uint32_t u0 = blk_u32(b + 4), u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
+        const uint64_t sc = (u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
+        const uint64_t mn = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
+        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)sc))));
+        *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mn)));
         break;
     }
     case BLK_Q6_K: {
-        const float d = ql_fp16_avx2(b + 208);
-        for (int c = 0; c < 8; c++) dl[c] = d;
-        for (int i = 0; i < 16; i++) sc[i] = (int8_t)b[192 + i];
+        const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+        const __m256 d = _mm256_set1_ps(ql_fp16_avx2(b + 208));
+        _mm256_store_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+        _mm256_store_ps(dl + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
+        break;
+    }
+    case BLK_IQ4_XS: {          /* blk_iq4xs_scale's bits, 8 at a time: nibble c % 2 of byte 4 + c / 2, 2 bits 2 c
+                                   of the u16 at byte 2 */
+        const __m128i s = _mm_cvtsi32_si128((int)blk_u32(b + 4)), n4 = _mm_set1_epi8(15);
+        const __m256i lo = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4)));
+        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(blk_u16(b + 2)),
+                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                            _mm256_set1_epi32(3));
+        const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), _mm256_cvtepi32_ps(sc)));
         break;
     }
     }
 }
 
-/* Chunk c of the block at b of constant type QT as blk_chunk gives it, in two vectors of 16 int16 (elements
- * 0-15, 16-31), the 16-element sub-block formats' integers already times their sub-scales sc (ql_scales_avx2). */
-QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int c, const int16_t *sc, __m256i *w0,
-                                 __m256i *w1)
+/* Chunks that share their bytes, unpacked together: Q4_K's and Q5_K's pairs (the low and high nibbles of 32
+ * bytes), Q2_K's, Q3_K's and Q6_K's fours (2-bit fields of the same bytes), one chunk of the others. */
+#define QL_GROUP(qt) ((qt) == BLK_Q4_K || (qt) == BLK_Q5_K ? 2 : (qt) == BLK_Q2_K || (qt) == BLK_Q3_K                \
+                      || (qt) == BLK_Q6_K ? 4 : 1)
+
+/* Bits [lo, lo + width) of each 16-bit lane of v, moved to bit `at`: (v >> lo & mask) << at, in two shifts at
+ * most (constants once the callers' loops unroll). */
+QL_AVX2_INLINE __m256i ql_bits_avx2(__m256i v, int lo, int width, int at)
 {
-    const __m256i m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3), one = _mm256_set1_epi16(1);
+    const __m256i mask = _mm256_set1_epi16((short)(((1 << width) - 1) << at));
+    return _mm256_and_si256(lo >= at ? _mm256_srli_epi16(v, lo - at) : _mm256_slli_epi16(v, at - lo), mask);
+}
+
+/* Group g of QL_GROUP(QT) chunks of the block at b of constant type QT as blk_chunk gives them: chunk
+ * g * QL_GROUP + i in w[2 i] (elements 0-15) and w[2 i + 1] (16-31), 16 int16 each. */
+QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __m256i *w)
+{
     switch (QT) {
     case BLK_Q8_0:
-        *w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
-        *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
+        w[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
+        w[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
         break;
     case BLK_Q4_0: case BLK_Q4_1: {
         const __m256i t = ql_u8x16_avx2(b + (QT == BLK_Q4_1 ? 4 : 2)), off = _mm256_set1_epi16(QT == BLK_Q4_0 ? 8 : 0);
-        *w0 = _mm256_sub_epi16(_mm256_and_si256(t, m4), off);
-        *w1 = _mm256_sub_epi16(_mm256_srli_epi16(t, 4), off);
+        w[0] = _mm256_sub_epi16(_mm256_and_si256(t, _mm256_set1_epi16(15)), off);
+        w[1] = _mm256_sub_epi16(_mm256_srli_epi16(t, 4), off);
         break;
     }
     case BLK_Q5_0: case BLK_Q5_1: {
         const int o = QT == BLK_Q5_1 ? 2 : 0;
         const uint32_t qh = blk_u32(b + 2 + o);
         const __m256i t = ql_u8x16_avx2(b + 6 + o), off = _mm256_set1_epi16(QT == BLK_Q5_0 ? 16 : 0);
-        *w0 = _mm256_sub_epi16(_mm256_or_si256(_mm256_and_si256(t, m4), ql_bits16_avx2(qh & 0xFFFF)), off);
-        *w1 = _mm256_sub_epi16(_mm256_or_si256(_mm256_srli_epi16(t, 4), ql_bits16_avx2(qh >> 16)), off);
+        w[0] = _mm256_sub_epi16(_mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi16(15)), ql_bits16_avx2(qh & 0xFFFF)),
+                                off);
+        w[1] = _mm256_sub_epi16(_mm256_or_si256(_mm256_srli_epi16(t, 4), ql_bits16_avx2(qh >> 16)), off);
         break;
     }
     case BLK_IQ4_NL: case BLK_IQ4_XS: {
-        const __m128i t = _mm_loadu_si128((const __m128i *)(b + (QT == BLK_IQ4_NL ? 2 : 8 + 16 * c)));
+        const __m128i t = _mm_loadu_si128((const __m128i *)(b + (QT == BLK_IQ4_NL ? 2 : 8 + 16 * g)));
         const __m128i n4 = _mm_set1_epi8(15);
-        *w0 = ql_iq4_avx2(_mm_and_si128(t, n4));
-        *w1 = ql_iq4_avx2(_mm_and_si128(_mm_srli_epi16(t, 4), n4));
+        w[0] = ql_iq4_avx2(_mm_and_si128(t, n4));
+        w[1] = ql_iq4_avx2(_mm_and_si128(_mm_srli_epi16(t, 4), n4));
         break;
     }
-    case BLK_Q2_K: {
-        const uint8_t *qs = b + 16 + 32 * (c >> 2);
-        const int sh = 2 * (c & 3);
-        *w0 = _mm256_mullo_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs), sh), m2),
-                                 _mm256_set1_epi16(sc[2 * c]));
-        *w1 = _mm256_mullo_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs + 16), sh), m2),
-                                 _mm256_set1_epi16(sc[2 * c + 1]));
+    case BLK_Q2_K: case BLK_Q3_K: {     /* chunk 4 g + i: bits 2 i of qs[32 g + l] (Q3_K: - 4 + 4 * hmask bit) */
+        const uint8_t *qs = b + (QT == BLK_Q2_K ? 16 : 32) + 32 * g;
+        const __m256i t[2] = {ql_u8x16_avx2(qs), ql_u8x16_avx2(qs + 16)};
+        __m256i h[2];
+        if (QT == BLK_Q3_K) { h[0] = ql_u8x16_avx2(b); h[1] = ql_u8x16_avx2(b + 16); }
+        for (int i = 0; i < 4; i++)
+            for (int half = 0; half < 2; half++) {
+                __m256i q = ql_bits_avx2(t[half], 2 * i, 2, 0);
+                if (QT == BLK_Q3_K)
+                    q = _mm256_sub_epi16(_mm256_add_epi16(q, ql_bits_avx2(h[half], 4 * g + i, 1, 2)),
+                                         _mm256_set1_epi16(4));
+                w[2 * i + half] = q;
+            }
         break;
     }
-    case BLK_Q3_K: {
-        const uint8_t *qs = b + 32 + 32 * (c >> 2);
-        const int sh = 2 * (c & 3);
-        const __m256i four = _mm256_set1_epi16(4);
-        /* q = low 2 bits - 4 + 4 * (bit c of hmask) */
-        const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b), c), one), 2);
-        const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b + 16), c), one), 2);
-        const __m256i q0 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs), sh), m2);
-        const __m256i q1 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs + 16), sh), m2);
-        *w0 = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_add_epi16(q0, h0), four), _mm256_set1_epi16(sc[2 * c]));
-        *w1 = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_add_epi16(q1, h1), four), _mm256_set1_epi16(sc[2 * c + 1]));
+    case BLK_Q4_K: case BLK_Q5_K: {     /* chunk 2 g + i: nibble i of qs[32 g + l] (Q5_K: + 16 * qh bit) */
+        const uint8_t *qs = b + (QT == BLK_Q5_K ? 48 : 16) + 32 * g;
+        const __m256i t[2] = {ql_u8x16_avx2(qs), ql_u8x16_avx2(qs + 16)};
+        __m256i h[2];
+        if (QT == BLK_Q5_K) { h[0] = ql_u8x16_avx2(b + 16); h[1] = ql_u8x16_avx2(b + 32); }
+        for (int i = 0; i < 2; i++)
+            for (int half = 0; half < 2; half++) {
+                __m256i q = i ? _mm256_srli_epi16(t[half], 4) : _mm256_and_si256(t[half], _mm256_set1_epi16(15));
+                if (QT == BLK_Q5_K) q = _mm256_or_si256(q, ql_bits_avx2(h[half], 2 * g + i, 1, 4));
+                w[2 * i + half] = q;
+            }
         break;
     }
-    case BLK_Q4_K: case BLK_Q5_K: {
-        const int five = QT == BLK_Q5_K;
-        const uint8_t *qs = b + (five ? 48 : 16) + 32 * (c >> 1);
-        const int sh = 4 * (c & 1);
-        __m256i v0 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs), sh), m4);
-        __m256i v1 = _mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qs + 16), sh), m4);
-        if (five) {
-            v0 = _mm256_or_si256(v0, _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b + 16), c), one), 4));
-            v1 = _mm256_or_si256(v1, _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(b + 32), c), one), 4));
-        }
-        *w0 = v0;
-        *w1 = v1;
-        break;
-    }
-    case BLK_Q6_K: {
-        const uint8_t *ql = b + 64 * (c >> 2) + 32 * (c & 1), *qh = b + 128 + 32 * (c >> 2);
-        const int sl = 4 * ((c & 3) >> 1), sh = 2 * (c & 3);
-        const __m256i off = _mm256_set1_epi16(32);
-        const __m256i v0 = _mm256_or_si256(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(ql), sl), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qh), sh), m2), 4));
-        const __m256i v1 = _mm256_or_si256(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(ql + 16), sl), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(ql_srl16_avx2(ql_u8x16_avx2(qh + 16), sh), m2), 4));
-        *w0 = _mm256_mullo_epi16(_mm256_sub_epi16(v0, off), _mm256_set1_epi16(sc[2 * c]));
-        *w1 = _mm256_mullo_epi16(_mm256_sub_epi16(v1, off), _mm256_set1_epi16(sc[2 * c + 1]));
+    case BLK_Q6_K: {    /* chunk 4 g + i: nibble i / 2 of ql[64 g + 32 (i % 2) + l] | 2 bits 2 i of qh[32 g + l] */
+        const uint8_t *ql = b + 64 * g, *qh = b + 128 + 32 * g;
+        const __m256i l[4] = {ql_u8x16_avx2(ql), ql_u8x16_avx2(ql + 16), ql_u8x16_avx2(ql + 32), ql_u8x16_avx2(ql + 48)};
+        const __m256i h[2] = {ql_u8x16_avx2(qh), ql_u8x16_avx2(qh + 16)};
+        for (int i = 0; i < 4; i++)
+            for (int half = 0; half < 2; half++) {
+                const __m256i lo = l[2 * (i & 1) + half];
+                const __m256i q = _mm256_or_si256(i < 2 ? _mm256_and_si256(lo, _mm256_set1_epi16(15))
+                                                        : _mm256_srli_epi16(lo, 4), ql_bits_avx2(h[half], 2 * i, 2, 4));
+                w[2 * i + half] = _mm256_sub_epi16(q, _mm256_set1_epi16(32));
+            }
         break;
     }
     }
 }
 
-/* madd(w0, a0) + madd(w1, a1) in int32 lanes: two madds and an add (AVX2), or a madd and one vpdpwssd
- * (AVX-VNNI's VEX form, or AVX-512 VNNI's EVEX form on ymm registers), the same exact sums. vpdpwssd is written
- * as inline assembly so that this AVX2-compiled template serves all three levels; cpu_isa.h's probe picks a
- * VNNI kernel only where the CPU has the instruction. */
-QL_AVX2_INLINE __m256i ql_pair_dot(const int ISA, __m256i w0, __m256i a0, __m256i w1, __m256i a1)
+/* acc + madd(w, a) in int32 lanes: madd and add (AVX2), or one vpdpwssd (AVX-VNNI's VEX form, or AVX-512
+ * VNNI's EVEX form on ymm registers), the same exact sums. vpdpwssd is written as inline assembly so that this
+ * AVX2-compiled template serves all three levels; cpu_isa.h's probe picks a VNNI kernel only where the CPU has
+ * the instruction. */
+QL_AVX2_INLINE __m256i ql_dot_acc(const int ISA, __m256i acc, __m256i w, __m256i a)
 {
-    __m256i acc = _mm256_madd_epi16(w0, a0);
     if (ISA == FL_ISA_AVX_VNNI)
-        __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w1), "x"(a1));
+        __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(a));
     else if (ISA == FL_ISA_AVX512_VNNI)
-        __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w1), "x"(a1));
+        __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(a));
     else
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w1, a1));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w, a));
     return acc;
 }
-
-/* The 32-element formats, whose dl (and m) per block are its fp16 d (and m) as stored. */
-#define QL_FP16_SCALES(qt) (BLK_ELEMS(qt) == 32)
 
 /* The fp16 values at byte off of the 4 blocks p[0..3], as floats. Assembled in a general register and moved
  * once: four 16-bit stores read back as one vector would stall store-to-load forwarding (half the kernel's time). */
@@ -345,109 +371,50 @@ QL_AVX2_INLINE __m128 ql_fp16x4(const uint8_t *const *p, int off)
     return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)v));
 }
 
-/* Q4_K / Q5_K: the 8 chunk scales dl and offsets m of the blocks of 4 rows, transposed so that chunk c's 4 rows
- * are dlT[c], mT[c]. The 12 bytes of 6-bit scales and mins are unpacked as words (blk_k4_scale / blk_k4_min's
- * bits, 4 at a time), widened and multiplied by d and -dmin in vectors: the same single roundings as the scalar
- * decoder, in a tenth of its instructions. */
-#define QL_K4(qt) ((qt) == BLK_Q4_K || (qt) == BLK_Q5_K)
-
-QL_AVX2_INLINE __m256 ql_u8x8_ps(uint64_t v)
-{
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v)));
-}
-
-QL_AVX2_INLINE void ql_transpose4x8(const __m256 *r, float t[8][4])
-{
-    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    const __m256 c04 = _mm256_shuffle_ps(t0, t2, 0x44), c15 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    const __m256 c26 = _mm256_shuffle_ps(t1, t3, 0x44), c37 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    _mm256_store_ps(t[0], _mm256_permute2f128_ps(c04, c15, 0x20));
-    _mm256_store_ps(t[2], _mm256_permute2f128_ps(c26, c37, 0x20));
-    _mm256_store_ps(t[4], _mm256_permute2f128_ps(c04, c15, 0x31));
-    _mm256_store_ps(t[6], _mm256_permute2f128_ps(c26, c37, 0x31));
-}
-
-QL_AVX2_INLINE void ql_k4_scales_x4(const uint8_t *const *bp, float dlT[8][4], float mT[8][4])
-{
-    __m256 dl[4], m[4];
-    for (int i = 0; i < 4; i++) {
-        const uint8_t *q = bp[i] + 4;
-        const uint32_t u0 = blk_u32(q), u1 = blk_u32(q + 4), u2 = blk_u32(q + 8);
-        const uint64_t sc = (u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
-        const uint64_t mn = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
-        dl[i] = _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(bp[i])), ql_u8x8_ps(sc));
-        m[i] = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(bp[i] + 2)), ql_u8x8_ps(mn));
-    }
-    ql_transpose4x8(dl, dlT);
-    ql_transpose4x8(m, mT);
-}
-
 #ifndef QL_JMAX
 #define QL_JMAX 4           /* activation rows per register block of the integer path */
 #endif
 
-/* out[:J, :R] = int dots of R <= 4 weight rows with J <= QL_JMAX activation rows (+ beta * out). QT and J are
- * constants (rows past R are computed on row 0's blocks, not stored: no branch per row in the loops). Per
- * weight block, each row's scales are decoded once (ql_scales_avx2) and its lines of the rows QL_PF_ROWS further
- * on prefetched; per chunk c of 32: each weight row's chunk is unpacked to 2 x 16 int16 once
- * and serves the J activation rows; each activation block is loaded once and serves the 4 weight rows. madd:
- * int16 pairs into int32 lanes (|w| <= 4096, |q_a| <= 32768: 16 products per lane after the folds stay within
- * int32). Two unpack + add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes
- * r0 r1 r2 r3 | r0 r1 r2 r3), converted and fma'd with (dl of the 4 rows) * d_a into one float accumulator per
- * activation row; the offsets m add m * s_a, the 4 rows in one xmm fma. */
+/* The 32-element formats: out[:J, :R] = int dots of R <= 4 weight rows with J <= QL_JMAX activation rows
+ * (+ beta * out). QT and J are constants (rows past R are computed on row 0's blocks, not stored: no branch per
+ * row in the loops). Per block: the lines of the rows QL_PF_ROWS further on are prefetched; each weight row's
+ * chunk is unpacked to 2 x 16 int16 once and serves the J activation rows; each activation block is loaded once
+ * and serves the 4 weight rows. madd: int16 pairs into int32 lanes (|w| <= 128, |q_a| <= 32767). Two unpack +
+ * add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes r0 r1 r2 r3 | r0 r1
+ * r2 r3), converted and fma'd with (the 4 rows' fp16 d) * d_a into one float accumulator per activation row;
+ * the offsets m add m * s_a, the 4 rows in one xmm fma. */
 QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
                                   const ql_act *a, int k, float *out, int ld_out, float beta, int R, const int J)
 {
-    const int CPB = BLK_ELEMS(QT) / 32, BS = BLK_BYTES(QT);
     __m256 acc[QL_JMAX];
     __m128 corr[QL_JMAX];
     const uint8_t *row[4];                      /* rows past R compute on row 0's blocks and are not stored */
     for (int i = 0; i < 4; i++) row[i] = w + (size_t)(i < R ? i : 0) * row_bytes;
     for (int j = 0; j < J; j++) { acc[j] = _mm256_setzero_ps(); corr[j] = _mm_setzero_ps(); }
-    for (int blk = 0; blk < nc / CPB; blk++) {
-        float dl[4][8], m0[4][8], m1[4][8];
-        __attribute__((aligned(32))) float dlT[8][4], mT[8][4];
-        int16_t sc[4][16];
+    for (int c = 0; c < nc; c++) {
         const uint8_t *bp[4];
+        __m256i wi[4][2];
         for (int i = 0; i < 4; i++) {
-            bp[i] = row[i] + (size_t)blk * BS;
-            for (int o = 0; o < BS; o += 64)
-                _mm_prefetch((const char *)((uintptr_t)bp[i] + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
-            if (!QL_FP16_SCALES(QT) && !QL_K4(QT)) ql_scales_avx2(QT, bp[i], dl[i], m0[i], m1[i], sc[i]);
+            bp[i] = row[i] + (size_t)c * BLK_BYTES(QT);
+            _mm_prefetch((const char *)((uintptr_t)bp[i] + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
+            ql_ints_avx2(QT, bp[i], 0, wi[i]);
         }
-        if (QL_K4(QT)) ql_k4_scales_x4(bp, dlT, mT);
-        for (int cb = 0; cb < CPB; cb++) {
-            const int c = blk * CPB + cb;
-            __m256i w0[4], w1[4];
-            for (int i = 0; i < 4; i++) ql_ints_avx2(QT, bp[i], cb, sc[i], &w0[i], &w1[i]);
-            const __m128 dw4 = QL_FP16_SCALES(QT) ? ql_fp16x4(bp, 0) : QL_K4(QT) ? _mm_load_ps(dlT[cb])
-                               : _mm_setr_ps(dl[0][cb], dl[1][cb], dl[2][cb], dl[3][cb]);
-            const __m256 dw8 = _mm256_set_m128(dw4, dw4);
-            const __m128 m04 = !BLK_HAS_MIN(QT) ? _mm_setzero_ps() : QL_FP16_SCALES(QT) ? ql_fp16x4(bp, 2)
-                               : QL_K4(QT) ? _mm_load_ps(mT[cb]) : _mm_setr_ps(m0[0][cb], m0[1][cb], m0[2][cb], m0[3][cb]);
-            const __m128 m14 = BLK_SPLIT(QT) && BLK_HAS_MIN(QT) ? _mm_setr_ps(m1[0][cb], m1[1][cb], m1[2][cb], m1[3][cb])
-                                                               : _mm_setzero_ps();
-            for (int j = 0; j < J; j++) {
-                const int16_t *q = a->q + (size_t)j * k + (size_t)c * 32;
-                const size_t ib = (size_t)j * nc + c;
-                const __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
-                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
-                __m256i p[4];
-                for (int i = 0; i < 4; i++) p[i] = ql_pair_dot(ISA, w0[i], a0, w1[i], a1);
-                const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
-                const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
-                const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
-                acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(a->d + ib)), _mm256_cvtepi32_ps(h),
-                                         acc[j]);
-                if (BLK_HAS_MIN(QT)) {
-                    if (BLK_SPLIT(QT))
-                        corr[j] = _mm_fmadd_ps(m14, _mm_broadcast_ss(a->sh + ib),
-                                               _mm_fmadd_ps(m04, _mm_broadcast_ss(a->sl + ib), corr[j]));
-                    else
-                        corr[j] = _mm_fmadd_ps(m04, _mm_broadcast_ss(a->s + ib), corr[j]);
-                }
-            }
+        const __m128 dw4 = ql_fp16x4(bp, 0);
+        const __m256 dw8 = _mm256_set_m128(dw4, dw4);
+        const __m128 m4 = BLK_HAS_MIN(QT) ? ql_fp16x4(bp, 2) : _mm_setzero_ps();
+        for (int j = 0; j < J; j++) {
+            const int16_t *q = a->q + (size_t)j * k + (size_t)c * 32;
+            const size_t ib = (size_t)j * nc + c;
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
+            __m256i p[4];
+            for (int i = 0; i < 4; i++) p[i] = ql_dot_acc(ISA, _mm256_madd_epi16(wi[i][0], a0), wi[i][1], a1);
+            const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+            const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+            const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(a->d + ib)), _mm256_cvtepi32_ps(h),
+                                     acc[j]);
+            if (BLK_HAS_MIN(QT)) corr[j] = _mm_fmadd_ps(m4, _mm_broadcast_ss(a->s + ib), corr[j]);
         }
     }
     for (int j = 0; j < J; j++) {
@@ -457,23 +424,94 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
     }
 }
 
-/* Rows r of w in register blocks of 4 (the last one R < 4), the activation rows in blocks of QL_JMAX. */
+/* The 256-element formats: out[j * ld_out] for one weight row and J <= QL_JMAX activation rows (+ beta * out).
+ * Their activations share one scale d_a per 256 (ql_quant_rows' group), which therefore multiplies a block's
+ * sum once: per chunk (per half chunk for the 16-element sub-blocks) the exact integer dot is converted and
+ * fma'd with its dl into the block's sums, 4 / J independent chains per activation row (an fma's latency);
+ * per block the sums are fma'd with d_a, and the offsets enter as their vector times the activations' sums.
+ * The sub-scales stay out of the integer products: on Zen 3 a vector integer multiply takes the port the madds
+ * need, so scaling the integers (mullo) cost a third more than these float fmas. Each weight group is unpacked
+ * once and serves the J activation rows (read from L1); the matrix streams in row order, the lines
+ * QL_PF_ROWS rows further on prefetched. */
+QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
+                                  const ql_act *a, int k, float *out, int ld_out, float beta, const int J)
+{
+    const int G = QL_GROUP(QT), NA = 4 / J;
+    __m256 acc[QL_JMAX];
+    for (int j = 0; j < J; j++) acc[j] = _mm256_setzero_ps();
+    for (int c0 = 0; c0 < nc; c0 += 8) {
+        const uint8_t *b = w + (size_t)(c0 / 8) * BLK_BYTES(QT);
+        for (int o = 0; o < BLK_BYTES(QT); o += 64)
+            _mm_prefetch((const char *)((uintptr_t)b + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
+        __attribute__((aligned(32))) float dl[16];
+        __m256 mlo = _mm256_setzero_ps(), mhi = mlo, part[QL_JMAX][4];
+        ql_kscales_avx2(QT, b, dl, &mlo, &mhi);
+        for (int j = 0; j < J; j++)
+            for (int i = 0; i < NA; i++) part[j][i] = _mm256_setzero_ps();
+        for (int g = 0; g < 8 / G; g++) {
+            __m256i wi[8];
+            ql_ints_avx2(QT, b, g, wi);
+            for (int i = 0; i < G; i++) {
+                const int c = G * g + i;
+                for (int j = 0; j < J; j++) {
+                    const int16_t *q = a->q + (size_t)j * k + (size_t)(c0 + c) * 32;
+                    const __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
+                    const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
+                    if (BLK_SPLIT(QT)) {
+                        __m256 *p0 = &part[j][(2 * c) % NA], *p1 = &part[j][(2 * c + 1) % NA];
+                        *p0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wi[2 * i], a0)),
+                                              _mm256_broadcast_ss(dl + 2 * c), *p0);
+                        *p1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wi[2 * i + 1], a1)),
+                                              _mm256_broadcast_ss(dl + 2 * c + 1), *p1);
+                    } else {
+                        __m256 *p = &part[j][c % NA];
+                        const __m256i d = ql_dot_acc(ISA, _mm256_madd_epi16(wi[2 * i], a0), wi[2 * i + 1], a1);
+                        *p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(dl + c), *p);
+                    }
+                }
+            }
+        }
+        for (int j = 0; j < J; j++) {
+            const size_t ib = (size_t)j * nc + c0;
+            __m256 sum = part[j][0];
+            for (int i = 1; i < NA; i++) sum = _mm256_add_ps(sum, part[j][i]);
+            acc[j] = _mm256_fmadd_ps(sum, _mm256_set1_ps(a->d[ib]), acc[j]);
+            if (QT == BLK_Q4_K || QT == BLK_Q5_K) acc[j] = _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->s + ib), acc[j]);
+            if (QT == BLK_Q2_K)
+                acc[j] = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(a->sh + ib),
+                                         _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->sl + ib), acc[j]));
+        }
+    }
+    for (int j = 0; j < J; j++) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        const float v = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        float *o = out + (size_t)j * ld_out;
+        *o = beta != 0.0f ? v + beta * *o : v;
+    }
+}
+
+/* Rows r of w in register blocks of 4 (the last one R < 4; the 256-element formats row by row), the activation
+ * rows in blocks of QL_JMAX. */
 QL_AVX2_INLINE void ql_dot_avx2_t(const int ISA, const int QT, const ql_act *a, int n, int k, const uint8_t *w,
                                   size_t row_bytes, int rows, float *out, int ld_out, float beta)
 {
-    const int nc = k / 32;
-    for (int r = 0; r < rows; r += 4) {
-        const int R = rows - r < 4 ? rows - r : 4;
+    const int nc = k / 32, RB = BLK_ELEMS(QT) == 256 ? 1 : 4;
+    for (int r = 0; r < rows; r += RB) {
+        const int R = rows - r < RB ? rows - r : RB;
         const uint8_t *wr = w + (size_t)r * row_bytes;
         for (int j = 0, J; j < n; j += J) {
             J = n - j < QL_JMAX ? n - j : QL_JMAX;
             const ql_act aj = {a->q + (size_t)j * k, a->d + (size_t)j * nc, a->s + (size_t)j * nc,
                                a->sl + (size_t)j * nc, a->sh + (size_t)j * nc};
             float *oj = out + (size_t)j * ld_out + r;
-            if (QL_JMAX >= 4 && J == 4) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 4);
-            else if (QL_JMAX >= 3 && J == 3) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 3);
-            else if (J == 2) ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 2);
-            else ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, 1);
+#define QL_BLOCK(JC) (RB == 1 ? ql_row_k_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, JC)          \
+                              : ql_block_avx2(ISA, QT, wr, row_bytes, nc, &aj, k, oj, ld_out, beta, R, JC))
+            if (QL_JMAX >= 4 && J == 4) QL_BLOCK(4);
+            else if (QL_JMAX >= 3 && J == 3) QL_BLOCK(3);
+            else if (J == 2) QL_BLOCK(2);
+            else QL_BLOCK(1);
+#undef QL_BLOCK
         }
     }
 }
@@ -584,7 +622,7 @@ X(Q5_0) X(Q5_1) X(Q2_K) X(Q3_K) X(Q4_K) X(Q5_K) X(Q6_K) X(IQ4_NL) X(IQ4_XS)
 #define X(T) static void ql_decode_avx2_##T(const uint8_t *src, float *y, size_t k) { blk_decode_f32_##T(src, y, k); }
 BLK_QUANT_TYPES(X)
 #undef X
-static void ql_quant_row_avx2(const float *x, int k, int16_t *q, float *d, float *s, float *sl, float *sh) {}
+static void ql_quant_row_avx2(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl, float *sh) {}
 static void ql_small_f16_avx2(const float *x, int n, int k, const uint8_t *w, int rows, float *out, int ld_out,
                               float beta) {}
 
@@ -615,15 +653,16 @@ static void ql_small_dec(int qtype, const float *x, int n, int k, const uint8_t 
     }
 }
 
-/* x (n, k) rounded into the int16 activations at q, d, s, sl, sh (ql_act's layout). */
-static void ql_quant_rows(const float *x, int n, int k, int16_t *q, float *d, float *s, float *sl, float *sh,
-                          int simd)
+/* x (n, k) rounded into the int16 activations at q, d, s, sl, sh (ql_act's layout), one scale per group of 32
+ * or 256 elements (the 256-element formats' kernels need 256; the others take either). */
+static void ql_quant_rows(const float *x, int n, int k, int group, int16_t *q, float *d, float *s, float *sl,
+                          float *sh, int simd)
 {
     const int nb = k / 32;
     for (int j = 0; j < n; j++) {
         const size_t o = (size_t)j * nb;
-        if (simd) ql_quant_row_avx2(x + (size_t)j * k, k, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
-        else ql_quant_row(x + (size_t)j * k, k, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
+        if (simd) ql_quant_row_avx2(x + (size_t)j * k, k, group, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
+        else ql_quant_row(x + (size_t)j * k, k, group, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
     }
 }
 

@@ -4,11 +4,12 @@ gguf package making the blocks (its quantizers) and decoding them (ggml's refere
 Error bounds, per output element out[j, i] = x_j . w_i (w_i the dequantized row):
   - float paths (F16 at any N, every type at N >= DEC_N_MIN): float32 accumulation,
     |err| <= FLOAT_TOL * ||x_j|| * ||w_i||, and ||out - ref|| / ||ref|| <= FLOAT_TOL.
-  - int16-activation paths (every block type at N < DEC_N_MIN): each activation block of 32 is rounded to
-    d * q with d = max|x_b| / 32767 (q int16, round to nearest), so each element moves by at most
-    d / 2 = max|x_b| / 65534. Per block, |w_b . e_b| <= ||w_b|| * sqrt(32) * max|x_b| / 65534
-    <= ||w_b|| * ||x_b|| * sqrt(32) / 65534, and by Cauchy-Schwarz over blocks
-    |err| <= sqrt(32) / 65534 * ||x_j|| * ||w_i|| (= 8.6e-5), plus the float part (FLOAT_TOL): INT16_ABS.
+  - int16-activation paths (every block type at N < DEC_N_MIN): each activation group of g elements (g = 32,
+    or 256 for the formats with 256-element blocks) is rounded to d * q with d = max|x_b| / 32767 (q int16,
+    round to nearest), so each element moves by at most d / 2 = max|x_b| / 65534. Per group,
+    |w_b . e_b| <= ||w_b|| * sqrt(g) * max|x_b| / 65534 <= ||w_b|| * ||x_b|| * sqrt(g) / 65534, and by
+    Cauchy-Schwarz over groups |err| <= sqrt(g) / 65534 * ||x_j|| * ||w_i|| (8.6e-5 for g = 32, 2.4e-4 for
+    256), plus the float part (FLOAT_TOL): int16_abs(qtype).
     The rounding errors are independent, uniform in +-d/2, so on random data the Frobenius relative error is
     about 1 / (65534 sqrt(3)) * max/rms ~ 9e-6 * max/rms, ~ 8e-5 here (the outlier channel makes max/rms ~ 8):
     asserted <= INT16_REL = 3e-4. int8 activations (d = max|x_b| / 127) break both by far: 258x the rounding,
@@ -33,7 +34,6 @@ INT_TYPES = set(QTYPES) - {F16}
 QUANTIZABLE = {F16, Q4_0, Q4_1, 6, 7, Q8_0}
 SCALE_OFFSETS = {10: [80, 82], 11: [108], Q4_K: [0, 2], 13: [0, 2], Q6_K: [208], 20: [0], 23: [0]}
 FLOAT_TOL = 1e-5
-INT16_ABS = np.sqrt(32) / 65534
 INT16_REL = 3e-4
 
 NS = [1, 2, 3, 4, 5, 7, 8, 17, 31, 32, 64, 96, 130]
@@ -71,6 +71,10 @@ def activations(n, k, seed=1):
     return x
 
 
+def int16_abs(qtype):
+    return np.sqrt(BLOCKS[qtype][0]) / 65534
+
+
 def int_path(qtype, n):
     return qtype in INT_TYPES and n < min(_qlinear.DEC_N_MIN[qtype], _qlinear.PANEL_N_MIN[qtype])
 
@@ -86,7 +90,7 @@ def assert_close(out, x, ref_w, qtype, n, prior=None, beta=0.0):
     err = np.abs(out - ref)
     assert np.all(np.isfinite(out))
     if int_path(qtype, n):
-        assert np.all(err <= (INT16_ABS + FLOAT_TOL) * scale + 1e-30)
+        assert np.all(err <= (int16_abs(qtype) + FLOAT_TOL) * scale + 1e-30)
         if ref.size >= 64:
             assert np.linalg.norm(err) <= INT16_REL * np.linalg.norm(ref)
     else:
