@@ -194,68 +194,84 @@ QL_AVX2_INLINE __m256i ql_iq4_avx2(__m128i nibbles)
     return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, nibbles));
 }
 
+/* The constant offsets of the formats' integers (blk_chunk's q = stored - offset): left out of the integer dots
+ * and added as offset * dl * the activations' sums, which saves a subtraction per 16 weights. */
+#define QL_OFFSET(qt) ((qt) == BLK_Q4_0 ? -8 : (qt) == BLK_Q5_0 ? -16 : (qt) == BLK_Q3_K ? -4 : (qt) == BLK_Q6_K ? -32 : 0)
+
 /* The scales of the block at b of 256-element type QT, once per block and weight row: dl = d * the sub-scale,
  * per chunk (Q4_K, Q5_K, IQ4_XS: dl[c]) or per half chunk (the 16-element sub-block formats Q2_K, Q3_K, Q6_K:
- * dl[2 c + h]); the offsets m of each sub-block (x = dl * w + m for the integers w of ql_ints_avx2), to be
- * multiplied by the activations' sums: Q4_K's and Q5_K's one per chunk in mlo (times s), Q2_K's one per half
- * chunk, mlo for the first halves (times sl) and mhi for the second (times sh). The same single roundings as
- * the scalar decoder: d * scale, -(dmin * min). */
+ * half h of chunk c at dl[8 h + c]); the offsets m of each sub-block (x = dl * w + m for the integers w of
+ * ql_ints_avx2), to be multiplied by the activations' sums: Q4_K's and Q5_K's one per chunk in mlo (times s),
+ * the 16-element sub-block formats' one per half chunk, mlo for the first halves (times sl) and mhi for the
+ * second (times sh): Q2_K's mins, Q3_K's and Q6_K's QL_OFFSET * dl. The same single roundings as the scalar
+ * decoder: d * scale, -(dmin * min). */
 QL_AVX2_INLINE __m256 ql_u8x8_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+QL_AVX2_INLINE __m256 ql_i8x8_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+/* Bytes 0, 2, ..., 14 then 1, 3, ..., 15 of v: the first halves' sub-block values, then the second halves'. */
+QL_AVX2_INLINE __m128i ql_evens_odds(__m128i v)
+{
+    return _mm_shuffle_epi8(v, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+}
 
 QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, __m256 *mlo, __m256 *mhi)
 {
+    const __m128i n4 = _mm_set1_epi8(15);
+    __m128i sc = _mm_setzero_si128();       /* the 16-element sub-block formats' 16 signed scales, evens, odds */
+    float d = 0.0f;
     switch (QT) {
     case BLK_Q2_K: {            /* 16 bytes: low nibble the scale, high nibble the min, of half chunk i */
-        const __m128i v = _mm_loadu_si128((const __m128i *)b), n4 = _mm_set1_epi8(15);
-        const __m128i sc = _mm_and_si128(v, n4);
-        const __m256 d = _mm256_set1_ps(ql_fp16_avx2(b + 80)), ndmin = _mm256_set1_ps(-ql_fp16_avx2(b + 82));
-        _mm256_store_ps(dl, _mm256_mul_ps(d, ql_u8x8_ps(sc)));
-        _mm256_store_ps(dl + 8, _mm256_mul_ps(d, ql_u8x8_ps(_mm_srli_si128(sc, 8))));
-        const __m128i mins = _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), n4),        /* evens, odds */
-                                              _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+        const __m128i v = _mm_loadu_si128((const __m128i *)b);
+        const __m128i mins = ql_evens_odds(_mm_and_si128(_mm_srli_epi16(v, 4), n4));
+        const __m256 ndmin = _mm256_set1_ps(-ql_fp16_avx2(b + 82));
         *mlo = _mm256_mul_ps(ndmin, ql_u8x8_ps(mins));
         *mhi = _mm256_mul_ps(ndmin, ql_u8x8_ps(_mm_srli_si128(mins, 8)));
+        sc = ql_evens_odds(_mm_and_si128(v, n4));
+        d = ql_fp16_avx2(b + 80);
         break;
     }
     case BLK_Q3_K: {            /* blk_k3_scale's bits, 16 at a time: low nibbles from bytes 0-7, the top 2 bits of
                                    scale i at bit 2 (i / 4) of byte 8 + i % 4 */
-        const __m128i s = _mm_loadl_epi64((const __m128i *)(b + 96)), n4 = _mm_set1_epi8(15);
+        const __m128i s = _mm_loadl_epi64((const __m128i *)(b + 96));
         const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4));
         const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)blk_u32(b + 104)), _mm_setr_epi32(0, 2, 4, 6)),
                                          _mm_set1_epi8(3));
-        const __m128i sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
-        const __m256 d = _mm256_set1_ps(ql_fp16_avx2(b + 108));
-        _mm256_store_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
-        _mm256_store_ps(dl + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
+        sc = ql_evens_odds(_mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32)));
+        d = ql_fp16_avx2(b + 108);
         break;
     }
+    case BLK_Q6_K:
+        sc = ql_evens_odds(_mm_loadu_si128((const __m128i *)(b + 192)));
+        d = ql_fp16_avx2(b + 208);
+        break;
     case BLK_Q4_K: case BLK_Q5_K: {
         /* the 12 bytes of 6-bit scales and mins as words: blk_k4_scale's / blk_k4_min's bits, 4 at a time */
         const uint32_t u0 = blk_u32(b + 4), u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
-        const uint64_t sc = (u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
-        const uint64_t mn = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
-        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)sc))));
-        *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mn)));
-        break;
-    }
-    case BLK_Q6_K: {
-        const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
-        const __m256 d = _mm256_set1_ps(ql_fp16_avx2(b + 208));
-        _mm256_store_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
-        _mm256_store_ps(dl + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
-        break;
+        const uint64_t scs = (u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
+        const uint64_t mns = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
+        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)scs))));
+        *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mns)));
+        return;
     }
     case BLK_IQ4_XS: {          /* blk_iq4xs_scale's bits, 8 at a time: nibble c % 2 of byte 4 + c / 2, 2 bits 2 c
                                    of the u16 at byte 2 */
-        const __m128i s = _mm_cvtsi32_si128((int)blk_u32(b + 4)), n4 = _mm_set1_epi8(15);
+        const __m128i s = _mm_cvtsi32_si128((int)blk_u32(b + 4));
         const __m256i lo = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4)));
         const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(blk_u16(b + 2)),
                                                               _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
                                             _mm256_set1_epi32(3));
-        const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
-        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), _mm256_cvtepi32_ps(sc)));
-        break;
+        const __m256i s32 = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), _mm256_cvtepi32_ps(s32)));
+        return;
     }
+    }
+    const __m256 dv = _mm256_set1_ps(d), lo = _mm256_mul_ps(dv, ql_i8x8_ps(sc)),
+                 hi = _mm256_mul_ps(dv, ql_i8x8_ps(_mm_srli_si128(sc, 8)));
+    _mm256_store_ps(dl, lo);
+    _mm256_store_ps(dl + 8, hi);
+    if (QL_OFFSET(QT)) {
+        *mlo = _mm256_mul_ps(_mm256_set1_ps((float)QL_OFFSET(QT)), lo);
+        *mhi = _mm256_mul_ps(_mm256_set1_ps((float)QL_OFFSET(QT)), hi);
     }
 }
 
@@ -272,8 +288,9 @@ QL_AVX2_INLINE __m256i ql_bits_avx2(__m256i v, int lo, int width, int at)
     return _mm256_and_si256(lo >= at ? _mm256_srli_epi16(v, lo - at) : _mm256_slli_epi16(v, at - lo), mask);
 }
 
-/* Group g of QL_GROUP(QT) chunks of the block at b of constant type QT as blk_chunk gives them: chunk
- * g * QL_GROUP + i in w[2 i] (elements 0-15) and w[2 i + 1] (16-31), 16 int16 each. */
+/* Group g of QL_GROUP(QT) chunks of the block at b of constant type QT as blk_chunk gives them but for the
+ * constant offsets QL_OFFSET, which the kernels add as offset * dl * the activations' sums: chunk g * QL_GROUP + i in
+ * w[2 i] (elements 0-15) and w[2 i + 1] (16-31), 16 int16 each. */
 QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __m256i *w)
 {
     switch (QT) {
@@ -282,18 +299,17 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __
         w[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
         break;
     case BLK_Q4_0: case BLK_Q4_1: {
-        const __m256i t = ql_u8x16_avx2(b + (QT == BLK_Q4_1 ? 4 : 2)), off = _mm256_set1_epi16(QT == BLK_Q4_0 ? 8 : 0);
-        w[0] = _mm256_sub_epi16(_mm256_and_si256(t, _mm256_set1_epi16(15)), off);
-        w[1] = _mm256_sub_epi16(_mm256_srli_epi16(t, 4), off);
+        const __m256i t = ql_u8x16_avx2(b + (QT == BLK_Q4_1 ? 4 : 2));
+        w[0] = _mm256_and_si256(t, _mm256_set1_epi16(15));
+        w[1] = _mm256_srli_epi16(t, 4);
         break;
     }
     case BLK_Q5_0: case BLK_Q5_1: {
         const int o = QT == BLK_Q5_1 ? 2 : 0;
         const uint32_t qh = blk_u32(b + 2 + o);
-        const __m256i t = ql_u8x16_avx2(b + 6 + o), off = _mm256_set1_epi16(QT == BLK_Q5_0 ? 16 : 0);
-        w[0] = _mm256_sub_epi16(_mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi16(15)), ql_bits16_avx2(qh & 0xFFFF)),
-                                off);
-        w[1] = _mm256_sub_epi16(_mm256_or_si256(_mm256_srli_epi16(t, 4), ql_bits16_avx2(qh >> 16)), off);
+        const __m256i t = ql_u8x16_avx2(b + 6 + o);
+        w[0] = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi16(15)), ql_bits16_avx2(qh & 0xFFFF));
+        w[1] = _mm256_or_si256(_mm256_srli_epi16(t, 4), ql_bits16_avx2(qh >> 16));
         break;
     }
     case BLK_IQ4_NL: case BLK_IQ4_XS: {
@@ -303,7 +319,7 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __
         w[1] = ql_iq4_avx2(_mm_and_si128(_mm_srli_epi16(t, 4), n4));
         break;
     }
-    case BLK_Q2_K: case BLK_Q3_K: {     /* chunk 4 g + i: bits 2 i of qs[32 g + l] (Q3_K: - 4 + 4 * hmask bit) */
+    case BLK_Q2_K: case BLK_Q3_K: {     /* chunk 4 g + i: bits 2 i of qs[32 g + l] (Q3_K: | 4 * hmask bit) */
         const uint8_t *qs = b + (QT == BLK_Q2_K ? 16 : 32) + 32 * g;
         const __m256i t[2] = {ql_u8x16_avx2(qs), ql_u8x16_avx2(qs + 16)};
         __m256i h[2];
@@ -311,10 +327,7 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __
         for (int i = 0; i < 4; i++)
             for (int half = 0; half < 2; half++) {
                 __m256i q = ql_bits_avx2(t[half], 2 * i, 2, 0);
-                if (QT == BLK_Q3_K)
-                    q = _mm256_sub_epi16(_mm256_add_epi16(q, ql_bits_avx2(h[half], 4 * g + i, 1, 2)),
-                                         _mm256_set1_epi16(4));
-                w[2 * i + half] = q;
+                w[2 * i + half] = QT == BLK_Q3_K ? _mm256_or_si256(q, ql_bits_avx2(h[half], 4 * g + i, 1, 2)) : q;
             }
         break;
     }
@@ -338,9 +351,8 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __
         for (int i = 0; i < 4; i++)
             for (int half = 0; half < 2; half++) {
                 const __m256i lo = l[2 * (i & 1) + half];
-                const __m256i q = _mm256_or_si256(i < 2 ? _mm256_and_si256(lo, _mm256_set1_epi16(15))
+                w[2 * i + half] = _mm256_or_si256(i < 2 ? _mm256_and_si256(lo, _mm256_set1_epi16(15))
                                                         : _mm256_srli_epi16(lo, 4), ql_bits_avx2(h[half], 2 * i, 2, 4));
-                w[2 * i + half] = _mm256_sub_epi16(q, _mm256_set1_epi16(32));
             }
         break;
     }
@@ -382,7 +394,7 @@ QL_AVX2_INLINE __m128 ql_fp16x4(const uint8_t *const *p, int off)
  * and serves the 4 weight rows. madd: int16 pairs into int32 lanes (|w| <= 128, |q_a| <= 32767). Two unpack +
  * add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes r0 r1 r2 r3 | r0 r1
  * r2 r3), converted and fma'd with (the 4 rows' fp16 d) * d_a into one float accumulator per activation row;
- * the offsets m add m * s_a, the 4 rows in one xmm fma. */
+ * the offsets m (Q4_1's and Q5_1's m, Q4_0's and Q5_0's QL_OFFSET * d) add m * s_a, the 4 rows in one xmm fma. */
 QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
                                   const ql_act *a, int k, float *out, int ld_out, float beta, int R, const int J)
 {
@@ -401,7 +413,7 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
         }
         const __m128 dw4 = ql_fp16x4(bp, 0);
         const __m256 dw8 = _mm256_set_m128(dw4, dw4);
-        const __m128 m4 = BLK_HAS_MIN(QT) ? ql_fp16x4(bp, 2) : _mm_setzero_ps();
+        const __m128 m4 = BLK_HAS_MIN(QT) ? ql_fp16x4(bp, 2) : _mm_mul_ps(_mm_set1_ps((float)QL_OFFSET(QT)), dw4);
         for (int j = 0; j < J; j++) {
             const int16_t *q = a->q + (size_t)j * k + (size_t)c * 32;
             const size_t ib = (size_t)j * nc + c;
@@ -414,12 +426,12 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
             const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(a->d + ib)), _mm256_cvtepi32_ps(h),
                                      acc[j]);
-            if (BLK_HAS_MIN(QT)) corr[j] = _mm_fmadd_ps(m4, _mm_broadcast_ss(a->s + ib), corr[j]);
+            if (BLK_HAS_MIN(QT) || QL_OFFSET(QT)) corr[j] = _mm_fmadd_ps(m4, _mm_broadcast_ss(a->s + ib), corr[j]);
         }
     }
     for (int j = 0; j < J; j++) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-        if (BLK_HAS_MIN(QT)) s = _mm_add_ps(s, corr[j]);
+        if (BLK_HAS_MIN(QT) || QL_OFFSET(QT)) s = _mm_add_ps(s, corr[j]);
         lin_store4_avx2(out + (size_t)j * ld_out, s, beta, R);
     }
 }
@@ -460,9 +472,9 @@ QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w,
                     if (BLK_SPLIT(QT)) {
                         __m256 *p0 = &part[j][(2 * c) % NA], *p1 = &part[j][(2 * c + 1) % NA];
                         *p0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wi[2 * i], a0)),
-                                              _mm256_broadcast_ss(dl + 2 * c), *p0);
+                                              _mm256_broadcast_ss(dl + c), *p0);
                         *p1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wi[2 * i + 1], a1)),
-                                              _mm256_broadcast_ss(dl + 2 * c + 1), *p1);
+                                              _mm256_broadcast_ss(dl + 8 + c), *p1);
                     } else {
                         __m256 *p = &part[j][c % NA];
                         const __m256i d = ql_dot_acc(ISA, _mm256_madd_epi16(wi[2 * i], a0), wi[2 * i + 1], a1);
@@ -477,7 +489,7 @@ QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w,
             for (int i = 1; i < NA; i++) sum = _mm256_add_ps(sum, part[j][i]);
             acc[j] = _mm256_fmadd_ps(sum, _mm256_set1_ps(a->d[ib]), acc[j]);
             if (QT == BLK_Q4_K || QT == BLK_Q5_K) acc[j] = _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->s + ib), acc[j]);
-            if (QT == BLK_Q2_K)
+            if (BLK_SPLIT(QT) && (QT == BLK_Q2_K || QL_OFFSET(QT)))
                 acc[j] = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(a->sh + ib),
                                          _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->sl + ib), acc[j]));
         }
