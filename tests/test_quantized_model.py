@@ -166,7 +166,7 @@ def test_a_model_may_mix_types(rng):
 
 # ------------------------------------------------------------------------------------ the real model
 
-FORMATS = ["F16", "Q8_0", "Q4_0", "Q4_1"]
+FORMATS = ["F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K_M", "Q6_K"]
 ENGLISH = (Path(__file__).parent / "data" / "english.txt").read_text(encoding="utf-8")
 
 
