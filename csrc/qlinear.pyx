@@ -4,9 +4,11 @@
 #
 # Paths, chosen per call from N (DEC_N_MIN / PANEL_N_MIN per type):
 #   N < DEC_N_MIN (decode, small batches):
-#     block formats       x rounded once per call to int16 blocks of 32 (d = max|x| / 32767, d * sum q and
-#                         the halves' sums), integer chunk dots on the weights unpacked to int16 (AVX2 madd or
-#                         VNNI vpdpwssd, int32 sums), float accumulation; 4 weight rows x up to 4 activation rows.
+#     block formats       x rounded once per call to int16 with a scale per 32 (per 256 where a 256-element
+#                         format takes the call; d = max|x| / 32767, d * sum q and the halves' sums per 32),
+#                         integer chunk dots on the weights unpacked to int16 (AVX2 madd or VNNI vpdpwssd, int32
+#                         sums), float accumulation; 4 weight rows (256-element formats: 1) x up to 4 activation
+#                         rows.
 #                         ggml's int8 activations (Q8_1 / Q8_K) cost too much: SmolLM2-135M's teacher-forced
 #                         greedy choices agreed with the float path 233 of 240 times with them, 240 of 240 with
 #                         int16, at the same speed. The kernel per format and SIMD level is ggml_types.h's.

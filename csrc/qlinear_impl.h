@@ -4,23 +4,24 @@
  *
  * Three paths:
  *   - integer (every quantized format, n up to the table's int_n_max): the activation rows are quantized once
- *     per call into blocks of 32 int16 with a float scale d = max|x| / 32767 (round to nearest: each element
- *     moves by at most d / 2), with s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights
- *     (blk_chunk's: x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation block in
- *     integers (madd: int16 pairs into int32 lanes, exact); the formats with 16-element sub-blocks (Q2_K, Q3_K,
- *     Q6_K) multiply their integers by the integer sub-scales first (|sc q| <= 4096, so 16 products stay below
- *     2^31), and an offset m enters as m * s (Q2_K: m_lo * sl + m_hi * sh). The int32 sums are converted and
- *     fma'd with dl * d into float lanes. (int8 activations, ggml's Q8_1 / Q8_K, lost too much: greedy tokens of
- *     SmolLM2-135M agreed with the float path only 97 % of the time.)
+ *     per call to int16 with a float scale d = max|x| / 32767 per group of 32 elements, or of 256 where a
+ *     256-element format takes the call (round to nearest: each element moves by at most d / 2), with per
+ *     block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights (blk_chunk's:
+ *     x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation block in integers
+ *     (madd: int16 pairs into int32 lanes, exact), the constant offsets of some formats (QL_OFFSET) left out;
+ *     the int32 sums are converted and fma'd with the scales into float lanes, and the offsets m enter as
+ *     m * s (the 16-element sub-block formats: m_lo * sl + m_hi * sh). (int8 activations, ggml's Q8_1 / Q8_K,
+ *     lost too much: greedy tokens of SmolLM2-135M agreed with the float path only 97 % of the time.)
  *   - F16 (n below DEC_N_MIN): float activations, F16C conversion of the weights, FMA.
  *   - decode-and-dot (every format past int_n_max; F16 without AVX2): 4 rows at a time are dequantized into a
  *     per-thread float buffer (L1) and handed to linear_impl.h's small-batch float kernels.
  * The panel path of large n (prefill) lives in qlinear.pyx: ql_decode_rows() below into a float panel, sgemm.
  *
- * Register blocks (AVX2): integer path 4 weight rows x up to QL_JMAX = 4 activation rows (the 4 rows' block sums
- * folded into one vector, one float accumulator per activation row); F16 4 x 3. Each weight chunk is loaded and
- * unpacked once per register block, and the rows QL_PF_ROWS further on are prefetched into L2 while a chunk
- * computes (linear_impl.h's scheme).
+ * Register blocks (AVX2): integer path, 32-element formats 4 weight rows x up to QL_JMAX = 4 activation rows
+ * (the 4 rows' chunk sums folded into one vector, one float accumulator per activation row), 256-element formats
+ * 1 weight row x up to 4 activation rows (per chunk sums scaled by the chunk's dl, per block by d_a); F16 4 x 3.
+ * Each weight chunk is loaded and unpacked once per register block, and the rows QL_PF_ROWS further on are
+ * prefetched into L2 while a chunk computes (linear_impl.h's scheme).
  *
  * The activation quantization gives identical int16 values in the AVX2 and the portable code (the same float
  * operations: scale, clamp to [-32768, 32767] with NaN -> -32768, round half to even), and the integer dots are
@@ -196,7 +197,8 @@ QL_AVX2_INLINE __m256i ql_iq4_avx2(__m128i nibbles)
 
 /* The constant offsets of the formats' integers (blk_chunk's q = stored - offset): left out of the integer dots
  * and added as offset * dl * the activations' sums, which saves a subtraction per 16 weights. */
-#define QL_OFFSET(qt) ((qt) == BLK_Q4_0 ? -8 : (qt) == BLK_Q5_0 ? -16 : (qt) == BLK_Q3_K ? -4 : (qt) == BLK_Q6_K ? -32 : 0)
+#define QL_OFFSET(qt) ((qt) == BLK_Q4_0 ? -8 : (qt) == BLK_Q5_0 ? -16 : (qt) == BLK_Q3_K ? -4                        \
+                       : (qt) == BLK_Q6_K ? -32 : 0)
 
 /* The scales of the block at b of 256-element type QT, once per block and weight row: dl = d * the sub-scale,
  * per chunk (Q4_K, Q5_K, IQ4_XS: dl[c]) or per half chunk (the 16-element sub-block formats Q2_K, Q3_K, Q6_K:
@@ -234,8 +236,8 @@ QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, _
                                    scale i at bit 2 (i / 4) of byte 8 + i % 4 */
         const __m128i s = _mm_loadl_epi64((const __m128i *)(b + 96));
         const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4));
-        const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)blk_u32(b + 104)), _mm_setr_epi32(0, 2, 4, 6)),
-                                         _mm_set1_epi8(3));
+        const __m128i top = _mm_set1_epi32((int)blk_u32(b + 104));
+        const __m128i hi = _mm_and_si128(_mm_srlv_epi32(top, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
         sc = ql_evens_odds(_mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32)));
         d = ql_fp16_avx2(b + 108);
         break;
@@ -248,15 +250,18 @@ QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, _
         /* the 12 bytes of 6-bit scales and mins as words: blk_k4_scale's / blk_k4_min's bits, 4 at a time */
         const uint32_t u0 = blk_u32(b + 4), u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
         const uint64_t scs = (u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
-        const uint64_t mns = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
-        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)scs))));
+        const uint64_t mns = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u))
+                                                     << 32;
+        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)),
+                                          ql_u8x8_ps(_mm_cvtsi64_si128((long long)scs))));
         *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mns)));
         return;
     }
     case BLK_IQ4_XS: {          /* blk_iq4xs_scale's bits, 8 at a time: nibble c % 2 of byte 4 + c / 2, 2 bits 2 c
                                    of the u16 at byte 2 */
         const __m128i s = _mm_cvtsi32_si128((int)blk_u32(b + 4));
-        const __m256i lo = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4)));
+        const __m256i lo = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(s, n4),
+                                                                  _mm_and_si128(_mm_srli_epi16(s, 4), n4)));
         const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(blk_u16(b + 2)),
                                                               _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
                                             _mm256_set1_epi32(3));
@@ -346,7 +351,8 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __
     }
     case BLK_Q6_K: {    /* chunk 4 g + i: nibble i / 2 of ql[64 g + 32 (i % 2) + l] | 2 bits 2 i of qh[32 g + l] */
         const uint8_t *ql = b + 64 * g, *qh = b + 128 + 32 * g;
-        const __m256i l[4] = {ql_u8x16_avx2(ql), ql_u8x16_avx2(ql + 16), ql_u8x16_avx2(ql + 32), ql_u8x16_avx2(ql + 48)};
+        const __m256i l[4] = {ql_u8x16_avx2(ql), ql_u8x16_avx2(ql + 16), ql_u8x16_avx2(ql + 32),
+                              ql_u8x16_avx2(ql + 48)};
         const __m256i h[2] = {ql_u8x16_avx2(qh), ql_u8x16_avx2(qh + 16)};
         for (int i = 0; i < 4; i++)
             for (int half = 0; half < 2; half++) {
@@ -442,9 +448,9 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
  * fma'd with its dl into the block's sums, 4 / J independent chains per activation row (an fma's latency);
  * per block the sums are fma'd with d_a, and the offsets enter as their vector times the activations' sums.
  * The sub-scales stay out of the integer products: on Zen 3 a vector integer multiply takes the port the madds
- * need, so scaling the integers (mullo) cost a third more than these float fmas. Each weight group is unpacked
- * once and serves the J activation rows (read from L1); the matrix streams in row order, the lines
- * QL_PF_ROWS rows further on prefetched. */
+ * need, and scaling the integers (mullo, int32 sums per block) measured 20 % (Q4_K) to 50 % (Q6_K) slower.
+ * Each weight group is unpacked once and serves the J activation rows (read from L1); the matrix streams in
+ * row order, the lines QL_PF_ROWS rows further on prefetched. */
 QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
                                   const ql_act *a, int k, float *out, int ld_out, float beta, const int J)
 {
