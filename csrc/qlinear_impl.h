@@ -186,7 +186,6 @@ QL_AVX2_INLINE __m256i ql_bits16_avx2(uint32_t bits)
 }
 
 QL_AVX2_INLINE __m256i ql_u8x16_avx2(const uint8_t *p) { return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)); }
-QL_AVX2_INLINE __m256i ql_srl16_avx2(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
 
 /* IQ4's levels of the 16 nibbles lo (bytes 0-15), as int16. */
 QL_AVX2_INLINE __m256i ql_iq4_avx2(__m128i nibbles)
