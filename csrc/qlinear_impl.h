@@ -135,6 +135,13 @@ QL_AVX2_INLINE float ql_hmax(__m256 v)
     return _mm_cvtss_f32(m);
 }
 
+QL_AVX2_INLINE float ql_hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
 QL_AVX2_INLINE int ql_hsum_i32(__m256i v)
 {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -493,16 +500,15 @@ QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w,
             __m256 sum = part[j][0];
             for (int i = 1; i < NA; i++) sum = _mm256_add_ps(sum, part[j][i]);
             acc[j] = _mm256_fmadd_ps(sum, _mm256_set1_ps(a->d[ib]), acc[j]);
-            if (QT == BLK_Q4_K || QT == BLK_Q5_K) acc[j] = _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->s + ib), acc[j]);
-            if (BLK_SPLIT(QT) && (QT == BLK_Q2_K || QL_OFFSET(QT)))
+            if (BLK_SPLIT(QT))          /* Q2_K's mins, Q3_K's and Q6_K's offsets */
                 acc[j] = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(a->sh + ib),
                                          _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->sl + ib), acc[j]));
+            else if (BLK_HAS_MIN(QT))   /* Q4_K's and Q5_K's mins */
+                acc[j] = _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->s + ib), acc[j]);
         }
     }
     for (int j = 0; j < J; j++) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        const float v = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        const float v = ql_hsum(acc[j]);
         float *o = out + (size_t)j * ld_out;
         *o = beta != 0.0f ? v + beta * *o : v;
     }
