@@ -35,7 +35,7 @@ import numpy as np
 
 import fastlm
 from fastlm.perplexity import perplexity
-from fastlm.quantize import FILE_TYPE_ALIASES, quantize_file
+from fastlm.quantize import FILE_TYPE_ALIASES, FILE_TYPES, quantize_file
 from fastlm.weights import fetch_default_model
 
 TYPES = ("F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
@@ -129,6 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max-worse", type=float, default=0.3, help="percent (default %(default)s)")
     parser.add_argument("--min-top1", type=float, default=99.0, help="percent (default %(default)s)")
     args = parser.parse_args(argv)
+    requested = [t.strip().upper() for t in args.types.split(",") if t.strip()]
+    unknown = [t for t in requested if FILE_TYPE_ALIASES.get(t, t) not in FILE_TYPES]
+    if unknown or not requested:
+        parser.error(f"unknown file types {unknown}; choose from {', '.join(FILE_TYPES)}")
+    if args.ctx < 4 or args.chunks < 0 or args.threads < 1:
+        parser.error("-c must be at least 4, --chunks at least 0 and -t at least 1")
     fastlm.set_num_threads(args.threads)
     source = args.model or fetch_default_model()
     text_path = args.file or next(p for p in DEFAULT_TEXTS if p.is_file())
@@ -137,6 +143,8 @@ def main(argv=None) -> int:
     agrees = llama_cpp_agrees(source, text, ids, bos)
     n_chunks = len(ids) // args.ctx if args.chunks == 0 else min(args.chunks, len(ids) // args.ctx)
     n_text = len(ids)
+    if n_chunks < 1:
+        parser.error(f"{text_path} has {len(ids)} tokens, fewer than one chunk of {args.ctx}")
     ids = ids[:n_chunks * args.ctx]         # perplexity() drops the rest: cut here to score fewer chunks
     print(f"source {source.name}; text {text_path} ({len(text)} chars); {n_chunks} chunks of {args.ctx} tokens, "
           f"{n_chunks * (args.ctx - 1 - args.ctx // 2)} scored; BOS per chunk: {bos}; {args.threads} threads; "
@@ -145,7 +153,6 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     done: dict[str, tuple[str, bool]] = {}          # file type -> (its row after the name, marked)
-    requested = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     with tempfile.TemporaryDirectory(prefix="fastlm-ppl-") as tmp:
         out = args.out_dir or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
