@@ -195,9 +195,11 @@ static inline __attribute__((always_inline)) void blk_chunk(const int qt, const 
     }
 }
 
-/* The activations of an integer-path call, rounded once (qlinear_impl.h), which the integer dot kernels of ggml_types.h's table take: n rows of k int16 q (row stride k);
+/* The activations of an integer-path call, rounded once (qlinear_impl.h), which the integer dot kernels of
+ * ggml_types.h's table take: n rows of k int16 q (row stride k), each block of 32 in the order its kernels read
+ * (QL_ORDER: as is for the 32-element formats, its even elements then its odd ones for the 256-element formats);
  * per row and block of 32 (index row * k / 32 + block), the scale d, s = d * sum(q), and the sums of the two
- * halves, sl = d * sum(q[0:16]) and sh = d * sum(q[16:32]). */
+ * halves, sl = d * sum(q[0:16]) and sh = d * sum(q[16:32]) (the elements' halves, whatever the order). */
 typedef struct {
     const int16_t *q;
     const float *d, *s, *sl, *sh;

@@ -4,8 +4,8 @@
 #
 # Paths, chosen per call from N (DEC_N_MIN / PANEL_N_MIN per type):
 #   N < DEC_N_MIN (decode, small batches):
-#     block formats       x rounded once per call to int16 with a scale per 32 (per 256 where a 256-element
-#                         format takes the call; d = max|x| / 32767, d * sum q and the halves' sums per 32),
+#     block formats       x rounded once per call to int16 with a scale per 32 (per 256 for the 256-element
+#                         formats, evens before odds; d = max|x| / 32767, d * sum q and the halves' sums per 32),
 #                         integer chunk dots on the weights unpacked to int16 (AVX2 madd or VNNI vpdpwssd, int32
 #                         sums), float accumulation; 4 weight rows (256-element formats: 1) x up to 4 activation
 #                         rows.

@@ -132,14 +132,33 @@ cdef void qlinear_run(const float* xp, const uint8_t* wp, int qtype, float* op, 
 cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* op, int ni, int ki, float fbeta,
                         uint8_t* sp, bint simd) noexcept nogil:
     """qlinear_run for up to 3 matrices that share the input x, their outputs side by side in each row of out
-    (Q, K and V; gate and up): one pass of the threads over all their rows, x rounded to integers once."""
-    cdef Py_ssize_t n = ni, k = ki
-    cdef int p, mi = 0, any_int = 0, group = 32
+    (Q, K and V; gate and up): one pass of the threads over all their rows, x rounded to integers once. The
+    integer kernels of the 32- and of the 256-element formats take the activations in different groups and
+    orders (ql_quant_rows); parts of both kinds (a rare mix) go one part per pass."""
+    cdef int p, mi = 0, group = 0, mixed = 0, first = 0, elems
     for p in range(nparts):
         mi += parts[p].rows
-        if _mode(parts[p].qtype, n, simd) == M_INT:
-            any_int = 1
-            group = max(group, blk_traits_of(parts[p].qtype).elems)  # the 256-element kernels need 256
+        if _mode(parts[p].qtype, ni, simd) == M_INT:
+            elems = blk_traits_of(parts[p].qtype).elems
+            mixed = mixed or (group != 0 and group != elems)
+            group = elems
+    if not mixed:
+        _parts_pass(xp, parts, nparts, op, mi, ni, ki, fbeta, sp, simd, group)
+        return
+    for p in range(nparts):
+        elems = blk_traits_of(parts[p].qtype).elems if _mode(parts[p].qtype, ni, simd) == M_INT else 0
+        _parts_pass(xp, &parts[p], 1, op + first, mi, ni, ki, fbeta, sp, simd, elems)
+        first += parts[p].rows
+
+
+cdef void _parts_pass(const float* xp, const QPart* parts, int nparts, float* op, int ld_out, int ni, int ki,
+                      float fbeta, uint8_t* sp, bint simd, int group) noexcept nogil:
+    """qlinear_parts' pass over parts whose integer kernels (if any: group 0 if none) take activations of
+    ``group``; their outputs at op, leading dimension ld_out."""
+    cdef Py_ssize_t n = ni, k = ki
+    cdef int p, mi = 0, any_int = group != 0
+    for p in range(nparts):
+        mi += parts[p].rows
     cdef int threads = omp_get_max_threads() if <double>ni * mi * ki >= PARALLEL_MIN_WORK else 1
 
     # Layout: align the base to 64 bytes; per-thread float buffers, then the quantized activations.
@@ -167,7 +186,7 @@ cdef void qlinear_parts(const float* xp, const QPart* parts, int nparts, float* 
             if a < b:
                 row_bytes = _row_bytes(parts[p].qtype, ki)
                 _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, xq, xd, blocks, ni, ki,
-                       parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, mi, fbeta,
+                       parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, ld_out, fbeta,
                        <float*>(base + s * buf_bytes), simd)
             first = first + parts[p].rows
 

@@ -4,9 +4,9 @@
  *
  * Three paths:
  *   - integer (every quantized format, n up to the table's int_n_max): the activation rows are quantized once
- *     per call to int16 with a float scale d = max|x| / 32767 per group of 32 elements, or of 256 where a
- *     256-element format takes the call (round to nearest: each element moves by at most d / 2), with per
- *     block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights (blk_chunk's:
+ *     per call to int16 with a float scale d = max|x| / 32767 per group of 32 elements, or of 256 for the
+ *     256-element formats (round to nearest: each element moves by at most d / 2), in the order the kernels
+ *     read (QL_ORDER), with per block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights (blk_chunk's:
  *     x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation block in integers
  *     (madd: int16 pairs into int32 lanes, exact), the constant offsets of some formats (QL_OFFSET) left out;
  *     the int32 sums are converted and fma'd with the scales into float lanes, and the offsets m enter as
@@ -51,7 +51,13 @@
 
 /* ------------------------------------------------------------------------ activation quantization, portable */
 
-/* x (k floats, k % group == 0, group 32 or 256) -> q (k int16) with one scale per group,
+/* Where element j of a block of 32 goes in the activations (ql_act): group 32 (the 32-element formats) as is;
+ * group 256 (the 256-element formats) the evens then the odds, so that a kernel unpacks the 16-bit lanes of its
+ * weight bytes with shifts and masks alone (lane l of a 32-byte load: bytes 2 l and 2 l + 1) and one madd pair
+ * sums the first half of the block in its low 128 bits, the second in its high ones. */
+#define QL_ORDER(group, j) ((group) == 256 ? ((j) & 1) * 16 + ((j) >> 1) : (j))
+
+/* x (k floats, k % group == 0, group 32 or 256) -> q (k int16, in QL_ORDER) with one scale per group,
  * d = max|x_group| / 32767, stored per block of 32; s = d * sum(q), sl, sh = d * the halves' sums, per block. */
 static void ql_quant_row(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl, float *sh)
 {
@@ -64,8 +70,9 @@ static void ql_quant_row(const float *x, int k, int group, int16_t *q, float *d,
             for (int j = 32 * b; j < 32 * b + 32; j++) {
                 float v = x[j] * id;                      /* clamp (NaN -> -32768), then round half to even: */
                 v = v != v ? -32768.0f : v < -32768.0f ? -32768.0f : v > 32767.0f ? 32767.0f : v;   /* as AVX2 */
-                q[j] = (int16_t)rintf(v);
-                sum[(j >> 4) & 1] += q[j];
+                const int16_t r = (int16_t)rintf(v);
+                q[32 * b + QL_ORDER(group, j - 32 * b)] = r;
+                sum[(j >> 4) & 1] += r;
             }
             d[b] = db;
             s[b] = db * (float)(sum[0] + sum[1]);
@@ -96,8 +103,8 @@ static inline __attribute__((always_inline)) void ql_dot_portable_t(const int QT
                 const size_t ib = (size_t)j * nc + c;
                 int32_t lo = 0, hi = 0;                   /* |q_w| <= 127, |q_a| <= 32768: |sum| < 2^27 */
                 for (int l = 0; l < 16; l++) {
-                    lo += q[l] * x[l];
-                    hi += q[l + 16] * x[l + 16];
+                    lo += q[l] * x[QL_ORDER(BLK_ELEMS(QT), l)];
+                    hi += q[l + 16] * x[QL_ORDER(BLK_ELEMS(QT), l + 16)];
                 }
                 float v = BLK_SPLIT(QT) ? a->d[ib] * (dl[0] * (float)lo + dl[1] * (float)hi)
                                         : a->d[ib] * dl[0] * (float)(lo + hi);
@@ -172,9 +179,18 @@ QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int group, int16_t 
             /* packs interleave the 128-bit lanes: (i0 lo, i1 lo, i0 hi, i1 hi); permute4x64 restores the order */
             const __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8),
                           p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
-            _mm256_storeu_si256((__m256i *)(q + 32 * b), p0);
-            _mm256_storeu_si256((__m256i *)(q + 32 * b + 16), p1);
             const int s0 = ql_hsum_i32(_mm256_madd_epi16(p0, ones)), s1 = ql_hsum_i32(_mm256_madd_epi16(p1, ones));
+            if (group == 256) {     /* QL_ORDER: per 128-bit lane its even words then its odd ones, then the lanes */
+                const __m256i eo = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                    0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+                const __m256i e0 = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(p0, eo), 0xD8),
+                              e1 = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(p1, eo), 0xD8);
+                _mm256_storeu_si256((__m256i *)(q + 32 * b), _mm256_permute2x128_si256(e0, e1, 0x20));
+                _mm256_storeu_si256((__m256i *)(q + 32 * b + 16), _mm256_permute2x128_si256(e0, e1, 0x31));
+            } else {
+                _mm256_storeu_si256((__m256i *)(q + 32 * b), p0);
+                _mm256_storeu_si256((__m256i *)(q + 32 * b + 16), p1);
+            }
             d[b] = db;
             s[b] = db * (float)(s0 + s1);
             sl[b] = db * (float)s0;
@@ -291,17 +307,32 @@ QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, _
 #define QL_GROUP(qt) ((qt) == BLK_Q4_K || (qt) == BLK_Q5_K ? 2 : (qt) == BLK_Q2_K || (qt) == BLK_Q3_K                \
                       || (qt) == BLK_Q6_K ? 4 : 1)
 
-/* Bits [lo, lo + width) of each 16-bit lane of v, moved to bit `at`: (v >> lo & mask) << at, in two shifts at
- * most (constants once the callers' loops unroll). */
-QL_AVX2_INLINE __m256i ql_bits_avx2(__m256i v, int lo, int width, int at)
+/* Bits [lo, lo + width) of each byte of v moved to bit `at`, (v >> lo & mask) << at per byte: 16-bit shifts
+ * (constants once the callers' loops unroll), the mask dropping what crossed from the neighbouring byte. */
+QL_AVX2_INLINE __m256i ql_field(__m256i v, int lo, int width, int at)
 {
-    const __m256i mask = _mm256_set1_epi16((short)(((1 << width) - 1) << at));
-    return _mm256_and_si256(lo >= at ? _mm256_srli_epi16(v, lo - at) : _mm256_slli_epi16(v, at - lo), mask);
+    const __m256i mask = _mm256_set1_epi8((char)(((1 << width) - 1) << at));
+    return _mm256_and_si256(lo > at ? _mm256_srli_epi16(v, lo - at) : lo < at ? _mm256_slli_epi16(v, at - lo) : v,
+                            mask);
+}
+
+/* 32 bytes of unsigned (u8) or signed (i8) values in byte order -> the 16 even ones in w[0], the odd in w[1]. */
+QL_AVX2_INLINE void ql_split_u8(__m256i v, __m256i *w)
+{
+    w[0] = _mm256_and_si256(v, _mm256_set1_epi16(0xFF));
+    w[1] = _mm256_srli_epi16(v, 8);
+}
+
+QL_AVX2_INLINE void ql_split_i8(__m256i v, __m256i *w)
+{
+    w[0] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+    w[1] = _mm256_srai_epi16(v, 8);
 }
 
 /* Group g of QL_GROUP(QT) chunks of the block at b of constant type QT as blk_chunk gives them but for the
  * constant offsets QL_OFFSET, which the kernels add as offset * dl * the activations' sums: chunk g * QL_GROUP + i in
- * w[2 i] (elements 0-15) and w[2 i + 1] (16-31), 16 int16 each. */
+ * w[2 i] and w[2 i + 1], 16 int16 each, in QL_ORDER (the 32-element formats elements 0-15 and 16-31, the
+ * 256-element formats the evens and the odds). */
 QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __m256i *w)
 {
     switch (QT) {
@@ -323,49 +354,57 @@ QL_AVX2_INLINE void ql_ints_avx2(const int QT, const uint8_t *b, const int g, __
         w[1] = _mm256_or_si256(_mm256_srli_epi16(t, 4), ql_bits16_avx2(qh >> 16));
         break;
     }
-    case BLK_IQ4_NL: case BLK_IQ4_XS: {
-        const __m128i t = _mm_loadu_si128((const __m128i *)(b + (QT == BLK_IQ4_NL ? 2 : 8 + 16 * g)));
+    case BLK_IQ4_NL: {
+        const __m128i t = _mm_loadu_si128((const __m128i *)(b + 2));
         const __m128i n4 = _mm_set1_epi8(15);
         w[0] = ql_iq4_avx2(_mm_and_si128(t, n4));
         w[1] = ql_iq4_avx2(_mm_and_si128(_mm_srli_epi16(t, 4), n4));
         break;
     }
+    /* The 256-element formats, in QL_ORDER: each 32-byte load holds a chunk's weights (or bit fields of them)
+     * in byte order, so the 16-bit lanes' low bytes are its even elements and the high bytes its odd ones. The
+     * fields of several chunks in the same bytes are assembled per byte (bits [lo, lo + width) of each byte to
+     * bit `at`: ql_field), then split into the lanes' two bytes. */
+    case BLK_IQ4_XS: {  /* chunk g: the 16 bytes at 8 + 16 g, low nibbles elements 0-15, high ones 16-31 */
+        const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b + 8 + 16 * g)));
+        const __m256i n = _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                           _mm256_set1_epi8(15));
+        const __m256i v = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(
+                                                  _mm_loadu_si128((const __m128i *)BLK_IQ4_LEVELS)), n);
+        ql_split_i8(v, w);
+        break;
+    }
     case BLK_Q2_K: case BLK_Q3_K: {     /* chunk 4 g + i: bits 2 i of qs[32 g + l] (Q3_K: | 4 * hmask bit) */
-        const uint8_t *qs = b + (QT == BLK_Q2_K ? 16 : 32) + 32 * g;
-        const __m256i t[2] = {ql_u8x16_avx2(qs), ql_u8x16_avx2(qs + 16)};
-        __m256i h[2];
-        if (QT == BLK_Q3_K) { h[0] = ql_u8x16_avx2(b); h[1] = ql_u8x16_avx2(b + 16); }
-        for (int i = 0; i < 4; i++)
-            for (int half = 0; half < 2; half++) {
-                __m256i q = ql_bits_avx2(t[half], 2 * i, 2, 0);
-                w[2 * i + half] = QT == BLK_Q3_K ? _mm256_or_si256(q, ql_bits_avx2(h[half], 4 * g + i, 1, 2)) : q;
-            }
+        const __m256i t = _mm256_loadu_si256((const __m256i *)(b + (QT == BLK_Q2_K ? 16 : 32) + 32 * g));
+        const __m256i h = QT == BLK_Q3_K ? _mm256_loadu_si256((const __m256i *)b) : t;
+        for (int i = 0; i < 4; i++) {
+            __m256i v = ql_field(t, 2 * i, 2, 0);
+            if (QT == BLK_Q3_K) v = _mm256_or_si256(v, ql_field(h, 4 * g + i, 1, 2));
+            ql_split_u8(v, w + 2 * i);
+        }
         break;
     }
     case BLK_Q4_K: case BLK_Q5_K: {     /* chunk 2 g + i: nibble i of qs[32 g + l] (Q5_K: + 16 * qh bit) */
-        const uint8_t *qs = b + (QT == BLK_Q5_K ? 48 : 16) + 32 * g;
-        const __m256i t[2] = {ql_u8x16_avx2(qs), ql_u8x16_avx2(qs + 16)};
-        __m256i h[2];
-        if (QT == BLK_Q5_K) { h[0] = ql_u8x16_avx2(b + 16); h[1] = ql_u8x16_avx2(b + 32); }
-        for (int i = 0; i < 2; i++)
-            for (int half = 0; half < 2; half++) {
-                __m256i q = i ? _mm256_srli_epi16(t[half], 4) : _mm256_and_si256(t[half], _mm256_set1_epi16(15));
-                if (QT == BLK_Q5_K) q = _mm256_or_si256(q, ql_bits_avx2(h[half], 2 * g + i, 1, 4));
-                w[2 * i + half] = q;
-            }
+        const __m256i t = _mm256_loadu_si256((const __m256i *)(b + (QT == BLK_Q5_K ? 48 : 16) + 32 * g));
+        if (QT == BLK_Q4_K) {           /* the nibbles of the lanes straight away */
+            const __m256i n4 = _mm256_set1_epi16(15);
+            w[0] = _mm256_and_si256(t, n4);
+            w[1] = _mm256_and_si256(_mm256_srli_epi16(t, 8), n4);
+            w[2] = _mm256_and_si256(_mm256_srli_epi16(t, 4), n4);
+            w[3] = _mm256_srli_epi16(t, 12);
+        } else {
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16));
+            for (int i = 0; i < 2; i++)
+                ql_split_u8(_mm256_or_si256(ql_field(t, 4 * i, 4, 0), ql_field(h, 2 * g + i, 1, 4)), w + 2 * i);
+        }
         break;
     }
     case BLK_Q6_K: {    /* chunk 4 g + i: nibble i / 2 of ql[64 g + 32 (i % 2) + l] | 2 bits 2 i of qh[32 g + l] */
-        const uint8_t *ql = b + 64 * g, *qh = b + 128 + 32 * g;
-        const __m256i l[4] = {ql_u8x16_avx2(ql), ql_u8x16_avx2(ql + 16), ql_u8x16_avx2(ql + 32),
-                              ql_u8x16_avx2(ql + 48)};
-        const __m256i h[2] = {ql_u8x16_avx2(qh), ql_u8x16_avx2(qh + 16)};
+        const __m256i l[2] = {_mm256_loadu_si256((const __m256i *)(b + 64 * g)),
+                              _mm256_loadu_si256((const __m256i *)(b + 64 * g + 32))};
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * g));
         for (int i = 0; i < 4; i++)
-            for (int half = 0; half < 2; half++) {
-                const __m256i lo = l[2 * (i & 1) + half];
-                w[2 * i + half] = _mm256_or_si256(i < 2 ? _mm256_and_si256(lo, _mm256_set1_epi16(15))
-                                                        : _mm256_srli_epi16(lo, 4), ql_bits_avx2(h[half], 2 * i, 2, 4));
-            }
+            ql_split_u8(_mm256_or_si256(ql_field(l[i & 1], 4 * (i >> 1), 4, 0), ql_field(h, 2 * i, 2, 4)), w + 2 * i);
         break;
     }
     }
@@ -450,62 +489,74 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
 
 /* The 256-element formats: out[j * ld_out] for one weight row and J <= QL_JMAX activation rows (+ beta * out).
  * Their activations share one scale d_a per 256 (ql_quant_rows' group), which therefore multiplies a block's
- * sum once: per chunk (per half chunk for the 16-element sub-blocks) the exact integer dot is converted and
- * fma'd with its dl into the block's sums, 4 / J independent chains per activation row (an fma's latency);
+ * sum once: per chunk the exact integer dot is converted and fma'd with its dl into the block's sums, 4 / J
+ * independent chains per activation row (an fma's latency). In QL_ORDER a chunk's madd pair sums its first half
+ * in the low 128 bits and its second in the high ones, so the 16-element sub-blocks' two dl go in one vector:
+ * one conversion and one fma a chunk, as for the others (two of each before: 20 % of Q6_K's time);
  * per block the sums are fma'd with d_a, and the offsets enter as their vector times the activations' sums.
  * The sub-scales stay out of the integer products: on Zen 3 a vector integer multiply takes the port the madds
  * need, and scaling the integers (mullo, int32 sums per block) measured 20 % (Q4_K) to 50 % (Q6_K) slower.
- * Each weight group is unpacked once and serves the J activation rows (read from L1); the matrix streams in
+ * Each weight group is unpacked once (by shifts and masks, no byte-to-word conversions) and serves the J
+ * activation rows (read from L1); the matrix streams in
  * row order, the lines QL_PF_ROWS rows further on prefetched. */
 QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
                                   const ql_act *a, int k, float *out, int ld_out, float beta, const int J)
 {
     const int G = QL_GROUP(QT), NA = 4 / J;
+    const size_t nb = (size_t)nc;
     __m256 acc[QL_JMAX];
+    const int16_t *q = a->q;                    /* the block's activations: row j at q + j * k */
+    const float *d = a->d, *s = BLK_SPLIT(QT) ? a->sl : a->s, *sh = a->sh;     /* per block: row j at + j * nb */
     for (int j = 0; j < J; j++) acc[j] = _mm256_setzero_ps();
-    for (int c0 = 0; c0 < nc; c0 += 8) {
-        const uint8_t *b = w + (size_t)(c0 / 8) * BLK_BYTES(QT);
+    for (const uint8_t *b = w, *end = w + (nb / 8) * BLK_BYTES(QT); b < end; b += BLK_BYTES(QT), q += 256) {
         for (int o = 0; o < BLK_BYTES(QT); o += 64)
             _mm_prefetch((const char *)((uintptr_t)b + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
         __attribute__((aligned(32))) float dl[16];
         __m256 mlo = _mm256_setzero_ps(), mhi = mlo, part[QL_JMAX][4];
         ql_kscales_avx2(QT, b, dl, &mlo, &mhi);
+        /* the 16-element sub-blocks: lanes (dl[c], c < 4 | dl[8 + c]) and (dl[c], c >= 4 | dl[8 + c]) */
+        __m256 dl03 = mlo, dl47 = mlo;
+        if (BLK_SPLIT(QT)) {
+            const __m256 lo = _mm256_load_ps(dl), hi = _mm256_load_ps(dl + 8);
+            dl03 = _mm256_permute2f128_ps(lo, hi, 0x20);
+            dl47 = _mm256_permute2f128_ps(lo, hi, 0x31);
+        }
         for (int j = 0; j < J; j++)
             for (int i = 0; i < NA; i++) part[j][i] = _mm256_setzero_ps();
         for (int g = 0; g < 8 / G; g++) {
             __m256i wi[8];
+            __m256 dlv[4];          /* the chunks' dl in every lane; the 16-element sub-blocks': the first half's
+                                       in the low 128 bits, where QL_ORDER puts its sums, the second's high */
             ql_ints_avx2(QT, b, g, wi);
             for (int i = 0; i < G; i++) {
                 const int c = G * g + i;
+                dlv[i] = BLK_SPLIT(QT) ? _mm256_permute_ps(c < 4 ? dl03 : dl47, (c & 3) * 0x55)
+                                       : _mm256_broadcast_ss(dl + c);
+            }
+            for (int i = 0; i < G; i++) {
+                const int c = G * g + i;
                 for (int j = 0; j < J; j++) {
-                    const int16_t *q = a->q + (size_t)j * k + (size_t)(c0 + c) * 32;
-                    const __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
-                    const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
-                    if (BLK_SPLIT(QT)) {
-                        __m256 *p0 = &part[j][(2 * c) % NA], *p1 = &part[j][(2 * c + 1) % NA];
-                        *p0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wi[2 * i], a0)),
-                                              _mm256_broadcast_ss(dl + c), *p0);
-                        *p1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(wi[2 * i + 1], a1)),
-                                              _mm256_broadcast_ss(dl + 8 + c), *p1);
-                    } else {
-                        __m256 *p = &part[j][c % NA];
-                        const __m256i d = ql_dot_acc(ISA, _mm256_madd_epi16(wi[2 * i], a0), wi[2 * i + 1], a1);
-                        *p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(dl + c), *p);
-                    }
+                    const int16_t *qc = q + (size_t)j * k + 32 * c;
+                    const __m256i a0 = _mm256_loadu_si256((const __m256i *)qc);
+                    const __m256i a1 = _mm256_loadu_si256((const __m256i *)(qc + 16));
+                    __m256 *p = &part[j][c % NA];
+                    const __m256i dt = ql_dot_acc(ISA, _mm256_madd_epi16(wi[2 * i], a0), wi[2 * i + 1], a1);
+                    *p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dt), dlv[i], *p);
                 }
             }
         }
         for (int j = 0; j < J; j++) {
-            const size_t ib = (size_t)j * nc + c0;
+            const size_t ib = (size_t)j * nb;
             __m256 sum = part[j][0];
             for (int i = 1; i < NA; i++) sum = _mm256_add_ps(sum, part[j][i]);
-            acc[j] = _mm256_fmadd_ps(sum, _mm256_set1_ps(a->d[ib]), acc[j]);
+            acc[j] = _mm256_fmadd_ps(sum, _mm256_broadcast_ss(d + ib), acc[j]);
             if (BLK_SPLIT(QT))          /* Q2_K's mins, Q3_K's and Q6_K's offsets */
-                acc[j] = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(a->sh + ib),
-                                         _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->sl + ib), acc[j]));
+                acc[j] = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(sh + ib), _mm256_fmadd_ps(mlo, _mm256_loadu_ps(s + ib),
+                                                                                        acc[j]));
             else if (BLK_HAS_MIN(QT))   /* Q4_K's and Q5_K's mins */
-                acc[j] = _mm256_fmadd_ps(mlo, _mm256_loadu_ps(a->s + ib), acc[j]);
+                acc[j] = _mm256_fmadd_ps(mlo, _mm256_loadu_ps(s + ib), acc[j]);
         }
+        d += 8; s += 8; sh += 8;
     }
     for (int j = 0; j < J; j++) {
         const float v = ql_hsum(acc[j]);
@@ -623,6 +674,40 @@ QL_AVX2 static void ql_decode_row_avx2(int qtype, const uint8_t *src, float *y, 
 }
 
 
+/* The 256-element formats: each group of chunks unpacked as the integer kernels do (ql_ints_avx2, QL_ORDER), the
+ * even and odd words interleaved back into element order, the constant offsets QL_OFFSET added back, and
+ * y = dl * q (+ the min) per half chunk with ql_kscales_avx2's dl and mins: ggml's roundings, bit for bit. */
+QL_AVX2_INLINE void ql_decode_k_avx2(const int QT, const uint8_t *src, float *y, size_t k)
+{
+    const int G = QL_GROUP(QT);
+    for (size_t blk = 0; blk < k / 256; blk++, src += BLK_BYTES(QT)) {
+        __attribute__((aligned(32))) float dl[16], m[16];
+        __m256 mlo = _mm256_setzero_ps(), mhi = mlo;
+        ql_kscales_avx2(QT, src, dl, &mlo, &mhi);
+        _mm256_store_ps(m, mlo);
+        _mm256_store_ps(m + 8, mhi);
+        for (int g = 0; g < 8 / G; g++) {
+            __m256i w[8];
+            ql_ints_avx2(QT, src, g, w);
+            for (int i = 0; i < G; i++, y += 32) {
+                const int c = G * g + i, h = BLK_SPLIT(QT) ? 8 : 0;     /* the second half's dl and m */
+                const __m256i lo = _mm256_unpacklo_epi16(w[2 * i], w[2 * i + 1]),  /* elements 0-7 | 16-23 */
+                              hi = _mm256_unpackhi_epi16(w[2 * i], w[2 * i + 1]);  /* 8-15 | 24-31 */
+                const __m128i part[4] = {_mm256_castsi256_si128(lo), _mm256_castsi256_si128(hi),
+                                         _mm256_extracti128_si256(lo, 1), _mm256_extracti128_si256(hi, 1)};
+                for (int p = 0; p < 4; p++) {
+                    const __m256i qi = _mm256_cvtepi16_epi32(part[p]);
+                    const __m256 q = _mm256_cvtepi32_ps(QL_OFFSET(QT) ? _mm256_add_epi32(qi, _mm256_set1_epi32(
+                                                                            QL_OFFSET(QT))) : qi);
+                    const __m256 y8 = _mm256_mul_ps(_mm256_set1_ps(dl[c + (p >> 1) * h]), q);
+                    _mm256_storeu_ps(y + 8 * p, BLK_HAS_MIN(QT) ? _mm256_add_ps(y8, _mm256_set1_ps(m[c + (p >> 1) * h]))
+                                                                : y8);
+                }
+            }
+        }
+    }
+}
+
 #define QL_HAND_DECODER(T)                                                                                     \
 QL_AVX2 static void ql_decode_avx2_##T(const uint8_t *src, float *y, size_t k) { ql_decode_row_avx2(BLK_##T, src, y, (int)k); }
 QL_HAND_DECODER(F16)
@@ -632,8 +717,12 @@ QL_HAND_DECODER(Q4_1)
 #undef QL_HAND_DECODER
 QL_AVX2 static void ql_decode_avx2_F32(const uint8_t *src, float *y, size_t k) { blk_decode_f32_F32(src, y, k); }
 QL_AVX2 static void ql_decode_avx2_BF16(const uint8_t *src, float *y, size_t k) { blk_decode_f32_BF16(src, y, k); }
+#define X(QT) QL_AVX2 static void ql_decode_avx2_##QT(const uint8_t *src, float *y, size_t k)                \
+{ ql_decode_k_avx2(BLK_##QT, src, y, k); }
+X(Q2_K) X(Q3_K) X(Q4_K) X(Q5_K) X(Q6_K) X(IQ4_XS)
+#undef X
 #define X(QT) BLK_DECODER_Q(ql_decode_avx2_, float, QL_AVX2, QT)
-X(Q5_0) X(Q5_1) X(Q2_K) X(Q3_K) X(Q4_K) X(Q5_K) X(Q6_K) X(IQ4_NL) X(IQ4_XS)
+X(Q5_0) X(Q5_1) X(IQ4_NL)
 #undef X
 
 #else  /* not x86: no AVX2 kernels (fl_cpu_isa() is FL_ISA_PORTABLE), the vectorized decoders are the portable */
@@ -677,7 +766,7 @@ static void ql_small_dec(int qtype, const float *x, int n, int k, const uint8_t 
 }
 
 /* x (n, k) rounded into the int16 activations at q, d, s, sl, sh (ql_act's layout), one scale per group of 32
- * or 256 elements (the 256-element formats' kernels need 256; the others take either). */
+ * or 256 elements in QL_ORDER: the group is the block of the formats whose kernels take them. */
 static void ql_quant_rows(const float *x, int n, int k, int group, int16_t *q, float *d, float *s, float *sl,
                           float *sh, int simd)
 {

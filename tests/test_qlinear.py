@@ -112,6 +112,21 @@ def test_matches_dequantized_product(qtype, rows, n, simd):
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
+@pytest.mark.parametrize("n", [32, 128], ids=["decode-and-dot", "panel"])
+def test_float_paths_decode_the_blocks_bit_for_bit(qtype, n, simd):
+    """The row decoders of the float paths give ggml's values bit for bit: with the rows of the identity as x,
+    each output is one product w * 1 among products by 0, so out.T is the dequantized matrix itself."""
+    k = ks(qtype)[-1]
+    raw, ref_w = weights(qtype, 37, k)
+    assert n >= _qlinear.DEC_N_MIN[qtype] and (n >= _qlinear.PANEL_N_MIN[qtype]) == (n == 128)
+    eye = np.eye(k, dtype=np.float32)
+    for start in sorted({*range(0, k - n + 1, n), k - n}):
+        out = np.empty((n, 37), np.float32)
+        _qlinear.linear(np.ascontiguousarray(eye[start:start + n]), raw, qtype, out)
+        np.testing.assert_array_equal(out.T, ref_w[:, start:start + n].astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
 @pytest.mark.parametrize("n", [1, 8, 130])
 def test_beta_accumulates(qtype, n, simd):
     k = ks(qtype)[-1]
