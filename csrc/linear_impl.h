@@ -115,10 +115,98 @@ static void FN(const float *x, int n, int k, const WT *w, int rows, float *out, 
 
 LIN_AVX2_DRIVERS(lin_small_f32_avx2, float, k, "avx2,fma")
 
+/* ---- GEMM for many activation rows (prefill) on weight rows already in float32 (qlinear's decoded panels):
+ * out (n, rows) = x (n, k) @ w (rows, k).T + beta * out, with x packed once per call by lin_gemm_pack_x. The
+ * register block is LIN_GEMM_MR = 6 weight rows x 16 activation rows: 12 accumulators of 8 lanes, per column
+ * two vector loads of packed x and 6 broadcasts of w for 12 FMAs. k goes in blocks of LIN_GEMM_KC, so that the
+ * 16 rows of packed x (16 KB) and the 6 weight rows (6 KB) of a block stay in L1 while the tiles sweep, and all
+ * of x's block (n * 1 KB) in L2. Nothing is packed per panel: BLAS's sgemm packed both operands again for each
+ * decoded panel (a fifth of the 1B prefill's time). */
+#define LIN_GEMM_KC 256
+#define LIN_GEMM_MR 6
+
+/* Bytes of lin_gemm_pack_x's output for x (n, k). */
+static inline size_t lin_gemm_packed_bytes(int n, int k) { return (size_t)(n + 15) / 16 * 16 * (size_t)k * 4; }
+
+/* x (n, k) -> xp: per block of LIN_GEMM_KC columns (the last one shorter), per 16 rows (zeros past n), the
+ * block's columns one after another, 16 values each. */
+static void lin_gemm_pack_x(const float *x, int n, int k, float *xp)
+{
+    const int nb = (n + 15) / 16;
+    for (int k0 = 0; k0 < k; k0 += LIN_GEMM_KC) {
+        const int kc = k - k0 < LIN_GEMM_KC ? k - k0 : LIN_GEMM_KC;
+        for (int jb = 0; jb < nb; jb++) {
+            float *dst = xp + (size_t)k0 * nb * 16 + (size_t)jb * kc * 16;
+            for (int t = 0; t < 16; t++) {
+                const int j = 16 * jb + t;
+                for (int l = 0; l < kc; l++) dst[16 * l + t] = j < n ? x[(size_t)j * k + k0 + l] : 0.0f;
+            }
+        }
+    }
+}
+
+/* out[:T, :R] (+)= the tile of R <= 6 weight rows w (stride k) x 16 packed activation rows over kc columns;
+ * the first block of k stores acc (+ beta * out), the later ones add to out. */
+LIN_AVX2_INLINE void lin_gemm_tile_avx2(const float *xp, const float *w, size_t k, int kc, float *out, int ld_out,
+                                        int T, float beta, int first, const int R)
+{
+    __m256 acc[LIN_GEMM_MR][2];
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int l = 0; l < kc; l++) {
+        const __m256 b0 = _mm256_loadu_ps(xp + 16 * l), b1 = _mm256_loadu_ps(xp + 16 * l + 8);
+        for (int i = 0; i < R; i++) {
+            const __m256 a = _mm256_broadcast_ss(w + (size_t)i * k + l);
+            acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+        }
+    }
+    float v[LIN_GEMM_MR][16];
+    for (int i = 0; i < R; i++) {
+        _mm256_storeu_ps(v[i], acc[i][0]);
+        _mm256_storeu_ps(v[i] + 8, acc[i][1]);
+    }
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * ld_out;
+        for (int i = 0; i < R; i++)
+            o[i] = !first ? o[i] + v[i][t] : beta != 0.0f ? v[i][t] + beta * o[i] : v[i][t];
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void lin_gemm_f32_avx2(const float *xp, int n, int k, const float *w, int rows, float *out, int ld_out,
+                              float beta)
+{
+    const int nb = (n + 15) / 16;
+    for (int k0 = 0; k0 < k; k0 += LIN_GEMM_KC) {
+        const int kc = k - k0 < LIN_GEMM_KC ? k - k0 : LIN_GEMM_KC, first = k0 == 0;
+        const float *xb = xp + (size_t)k0 * nb * 16;
+        for (int r = 0; r < rows; r += LIN_GEMM_MR) {
+            const float *wr = w + (size_t)r * k + k0;
+            for (int jb = 0; jb < nb; jb++) {
+                const int T = n - 16 * jb < 16 ? n - 16 * jb : 16;
+                const float *xt = xb + (size_t)jb * kc * 16;
+                float *o = out + (size_t)16 * jb * ld_out + r;
+                switch (rows - r < LIN_GEMM_MR ? rows - r : LIN_GEMM_MR) {
+                case 6: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 6); break;
+                case 5: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 5); break;
+                case 4: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 4); break;
+                case 3: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 3); break;
+                case 2: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 2); break;
+                default: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 1); break;
+                }
+            }
+        }
+    }
+}
+
 #else  /* not x86: no AVX2 path; linear.pyx never calls it (fl_cpu_has(FL_ISA_AVX2) is 0) */
 
 static void lin_small_f32_avx2(const float *x, int n, int k, const float *w, int rows, float *out, int ld_out,
                                float beta) {}
+static inline size_t lin_gemm_packed_bytes(int n, int k) { return 0; }
+static void lin_gemm_pack_x(const float *x, int n, int k, float *xp) {}
+static void lin_gemm_f32_avx2(const float *xp, int n, int k, const float *w, int rows, float *out, int ld_out,
+                              float beta) {}
 
 #endif
 

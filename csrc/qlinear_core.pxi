@@ -17,6 +17,11 @@ cdef extern from "qlinear_impl.h" nogil:
     void ql_small_dec(int qtype, const float* x, int n, int k, const uint8_t* w, size_t row_bytes, int rows,
                       float* out, int ld_out, float beta, float* buf, int simd)
     void ql_decode_rows(int qtype, const uint8_t* w, size_t row_bytes, int rows, int k, float* y, int simd)
+    # linear_impl.h's GEMM, for the decoded panels
+    size_t lin_gemm_packed_bytes(int n, int k)
+    void lin_gemm_pack_x(const float* x, int n, int k, float* xp)
+    void lin_gemm_f32_avx2(const float* xp, int n, int k, const float* w, int rows, float* out, int ld_out,
+                           float beta)
 
 include "ggml_types.pxi"
 
@@ -27,14 +32,16 @@ cdef int _ql_isa = fl_cpu_isa()
 QL_BLOCKS = {t: GGML_BLOCKS[t] for t in GGML_NAMES if t == BLK_F16 or ql_dot_for(t, FL_ISA_PORTABLE) != NULL}
 NAMES = {t: GGML_NAMES[t] for t in QL_BLOCKS}
 
-# Weight rows per panel of the prefill path: as many as fit PANEL_BYTES of float32 (in L2), a multiple of 16,
-# 16 to 256. Each sgemm call packs x again, so panels should not be too small (see qlinear.pyx).
+# Weight rows per panel of the prefill path: as many as fit PANEL_BYTES of float32, a multiple of the GEMM's
+# 6-row register block, 6 to 252. Each panel reads all of packed x once, so larger panels read it less often
+# (see qlinear.pyx).
 cdef Py_ssize_t PANEL_BYTES = 1 << 20
+cdef int PANEL_ROWS_MIN = 6
 
 
 cdef inline int _panel_rows(Py_ssize_t k) noexcept nogil:
-    cdef Py_ssize_t r = PANEL_BYTES // (4 * k) // 16 * 16
-    return <int>(16 if r < 16 else 256 if r > 256 else r)
+    cdef Py_ssize_t r = PANEL_BYTES // (4 * k) // PANEL_ROWS_MIN * PANEL_ROWS_MIN
+    return <int>(PANEL_ROWS_MIN if r < PANEL_ROWS_MIN else 252 if r > 252 else r)
 
 # Smallest N that takes the panel path (by measurement, see qlinear.pyx), the same for every type.
 cdef int _panel_min_any = 96
@@ -75,14 +82,20 @@ cdef inline Py_ssize_t _act_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     return _align(n * k * 2) + 4 * _align(n * (k // 32) * 4)
 
 
+cdef inline Py_ssize_t _packed_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """x (n, k) packed for the panel path's GEMM (AVX2), if n takes it."""
+    return _align(lin_gemm_packed_bytes(n, k)) if n >= _panel_min_any else 0
+
+
 cdef Py_ssize_t qlinear_scratch_size(Py_ssize_t n, Py_ssize_t k, int threads) noexcept nogil:
     """Bytes of scratch that serve every call over x (n', k') with n' <= n, k' <= k on up to ``threads``
     threads: 64 bytes of alignment slack, the threads' float buffers (a panel holds at most PANEL_BYTES, or
-    16 rows), the rounded activations of the most rows that take the integer path."""
+    PANEL_ROWS_MIN rows), then the rounded activations of the most rows that take the integer path, or x packed for the
+    panel path's GEMM, whichever is larger (a call uses one or the other)."""
     cdef Py_ssize_t buf = _buf_bytes(n, k)
     if n >= _panel_min_any:
-        buf = max(buf, _align(max(PANEL_BYTES, 16 * k * 4)))
-    return 64 + threads * buf + _act_bytes(min(n, _act_below - 1), k)
+        buf = max(buf, _align(max(PANEL_BYTES, PANEL_ROWS_MIN * k * 4)))
+    return 64 + threads * buf + max(_act_bytes(min(n, _act_below - 1), k), _packed_bytes(n, k))
 
 
 cdef int check_qtype(int qtype, Py_ssize_t k) except -1:
@@ -170,6 +183,8 @@ cdef void _parts_pass(const float* xp, const QPart* parts, int nparts, float* op
     if any_int:
         ql_quant_rows(xp, ni, ki, group, xq, xd, <float*>(<uint8_t*>xd + blocks), <float*>(<uint8_t*>xd + 2 * blocks),
                       <float*>(<uint8_t*>xd + 3 * blocks), simd)
+    elif simd and n >= _panel_min_any:      # every part takes the panel path: x packed once for the GEMM
+        lin_gemm_pack_x(xp, ni, ki, <float*>act)
 
     # Slices of the rows of all the parts together; a slice crossing a part boundary does a piece of each.
     cdef int per = (mi + threads - 1) // threads
@@ -185,16 +200,17 @@ cdef void _parts_pass(const float* xp, const QPart* parts, int nparts, float* op
             b = min(hi, first + parts[p].rows)
             if a < b:
                 row_bytes = _row_bytes(parts[p].qtype, ki)
-                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, xq, xd, blocks, ni, ki,
+                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, <const float*>act, xq, xd, blocks, ni, ki,
                        parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, ld_out, fbeta,
                        <float*>(base + s * buf_bytes), simd)
             first = first + parts[p].rows
 
 
-cdef void _slice(int mode, int qtype, const float* x, const int16_t* xq, const float* xd, Py_ssize_t blocks,
-                 int n, int k, const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out, float beta,
-                 float* buf, bint simd) noexcept nogil:
-    """out[:, :rows] (leading dimension ld_out) for w's first rows rows, on one thread."""
+cdef void _slice(int mode, int qtype, const float* x, const float* xpacked, const int16_t* xq, const float* xd,
+                 Py_ssize_t blocks, int n, int k, const uint8_t* w, size_t row_bytes, int rows, float* out, int ld_out,
+                 float beta, float* buf, bint simd) noexcept nogil:
+    """out[:, :rows] (leading dimension ld_out) for w's first rows rows, on one thread; xpacked: x packed for
+    the panel path's GEMM (AVX2)."""
     cdef char trans = b'T', no_trans = b'N'
     cdef float one = 1.0
     cdef int p0, pr
@@ -212,5 +228,8 @@ cdef void _slice(int mode, int qtype, const float* x, const int16_t* xq, const f
         while p0 < rows:
             pr = min(_panel_rows(k), rows - p0)
             ql_decode_rows(qtype, w + <size_t>p0 * row_bytes, row_bytes, pr, k, buf, simd)
-            sgemm(&trans, &no_trans, &pr, &n, &k, &one, buf, &k, <float*>x, &k, &beta, out + p0, &ld_out)
+            if simd:
+                lin_gemm_f32_avx2(xpacked, n, k, buf, pr, out + p0, ld_out, beta)
+            else:
+                sgemm(&trans, &no_trans, &pr, &n, &k, &one, buf, &k, <float*>x, &k, &beta, out + p0, &ld_out)
             p0 += pr
