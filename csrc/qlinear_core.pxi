@@ -90,8 +90,8 @@ cdef inline Py_ssize_t _packed_bytes(Py_ssize_t n, Py_ssize_t k) noexcept nogil:
 cdef Py_ssize_t qlinear_scratch_size(Py_ssize_t n, Py_ssize_t k, int threads) noexcept nogil:
     """Bytes of scratch that serve every call over x (n', k') with n' <= n, k' <= k on up to ``threads``
     threads: 64 bytes of alignment slack, the threads' float buffers (a panel holds at most PANEL_BYTES, or
-    PANEL_ROWS_MIN rows), then the rounded activations of the most rows that take the integer path, or x packed for the
-    panel path's GEMM, whichever is larger (a call uses one or the other)."""
+    PANEL_ROWS_MIN rows), then the rounded activations of the most rows that take the integer path, or x
+    packed for the panel path's GEMM, whichever is larger (a call uses one or the other)."""
     cdef Py_ssize_t buf = _buf_bytes(n, k)
     if n >= _panel_min_any:
         buf = max(buf, _align(max(PANEL_BYTES, PANEL_ROWS_MIN * k * 4)))
@@ -200,8 +200,8 @@ cdef void _parts_pass(const float* xp, const QPart* parts, int nparts, float* op
             b = min(hi, first + parts[p].rows)
             if a < b:
                 row_bytes = _row_bytes(parts[p].qtype, ki)
-                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, <const float*>act, xq, xd, blocks, ni, ki,
-                       parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, ld_out, fbeta,
+                _slice(_mode(parts[p].qtype, n, simd), parts[p].qtype, xp, <const float*>act, xq, xd, blocks,
+                       ni, ki, parts[p].data + <Py_ssize_t>(a - first) * row_bytes, row_bytes, b - a, op + a, ld_out, fbeta,
                        <float*>(base + s * buf_bytes), simd)
             first = first + parts[p].rows
 

@@ -6,9 +6,10 @@
  *   - integer (every quantized format, n up to the table's int_n_max): the activation rows are quantized once
  *     per call to int16 with a float scale d = max|x| / 32767 per group of 32 elements, or of 256 for the
  *     256-element formats (round to nearest: each element moves by at most d / 2), in the order the kernels
- *     read (QL_ORDER), with per block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights (blk_chunk's:
- *     x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation block in integers
- *     (madd: int16 pairs into int32 lanes, exact), the constant offsets of some formats (QL_OFFSET) left out;
+ *     read (QL_ORDER), with per block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32
+ *     weights (blk_chunk's: x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation
+ *     block in integers (madd: int16 pairs into int32 lanes, exact), the constant offsets of some formats
+ *     (QL_OFFSET) left out;
  *     the int32 sums are converted and fma'd with the scales into float lanes, and the offsets m enter as
  *     m * s (the 16-element sub-block formats: m_lo * sl + m_hi * sh). (int8 activations, ggml's Q8_1 / Q8_K,
  *     lost too much: greedy tokens of SmolLM2-135M agreed with the float path only 97 % of the time.)
@@ -699,9 +700,9 @@ QL_AVX2_INLINE void ql_decode_k_avx2(const int QT, const uint8_t *src, float *y,
                     const __m256i qi = _mm256_cvtepi16_epi32(part[p]);
                     const __m256 q = _mm256_cvtepi32_ps(QL_OFFSET(QT) ? _mm256_add_epi32(qi, _mm256_set1_epi32(
                                                                             QL_OFFSET(QT))) : qi);
-                    const __m256 y8 = _mm256_mul_ps(_mm256_set1_ps(dl[c + (p >> 1) * h]), q);
-                    _mm256_storeu_ps(y + 8 * p, BLK_HAS_MIN(QT) ? _mm256_add_ps(y8, _mm256_set1_ps(m[c + (p >> 1) * h]))
-                                                                : y8);
+                    const int sub = c + (p >> 1) * h;
+                    const __m256 y8 = _mm256_mul_ps(_mm256_set1_ps(dl[sub]), q);
+                    _mm256_storeu_ps(y + 8 * p, BLK_HAS_MIN(QT) ? _mm256_add_ps(y8, _mm256_set1_ps(m[sub])) : y8);
                 }
             }
         }
