@@ -18,6 +18,8 @@ cdef extern from "qlinear_impl.h" nogil:
                       float* out, int ld_out, float beta, float* buf, int simd)
     void ql_decode_rows(int qtype, const uint8_t* w, size_t row_bytes, int rows, int k, float* y, int simd)
     # linear_impl.h's GEMM, for the decoded panels
+    enum:
+        LIN_GEMM_MR
     size_t lin_gemm_packed_bytes(int n, int k)
     void lin_gemm_pack_x(const float* x, int n, int k, float* xp)
     void lin_gemm_f32_avx2(const float* xp, int n, int k, const float* w, int rows, float* out, int ld_out,
@@ -33,15 +35,15 @@ QL_BLOCKS = {t: GGML_BLOCKS[t] for t in GGML_NAMES if t == BLK_F16 or ql_dot_for
 NAMES = {t: GGML_NAMES[t] for t in QL_BLOCKS}
 
 # Weight rows per panel of the prefill path: as many as fit PANEL_BYTES of float32, a multiple of the GEMM's
-# 6-row register block, 6 to 252. Each panel reads all of packed x once, so larger panels read it less often
-# (see qlinear.pyx).
+# register block (LIN_GEMM_MR = 6 rows), 6 to 252. Each panel reads all of packed x once, so larger panels read
+# it less often (see qlinear.pyx).
 cdef Py_ssize_t PANEL_BYTES = 1 << 20
-cdef int PANEL_ROWS_MIN = 6
+cdef int PANEL_ROWS_MIN = LIN_GEMM_MR, PANEL_ROWS_MAX = 256 // LIN_GEMM_MR * LIN_GEMM_MR
 
 
 cdef inline int _panel_rows(Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t r = PANEL_BYTES // (4 * k) // PANEL_ROWS_MIN * PANEL_ROWS_MIN
-    return <int>(PANEL_ROWS_MIN if r < PANEL_ROWS_MIN else 252 if r > 252 else r)
+    return <int>(PANEL_ROWS_MIN if r < PANEL_ROWS_MIN else PANEL_ROWS_MAX if r > PANEL_ROWS_MAX else r)
 
 # Smallest N that takes the panel path (by measurement, see qlinear.pyx), the same for every type.
 cdef int _panel_min_any = 96

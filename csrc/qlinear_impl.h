@@ -9,14 +9,14 @@
  *     read (QL_ORDER), with per block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32
  *     weights (blk_chunk's: x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation
  *     block in integers (madd: int16 pairs into int32 lanes, exact), the constant offsets of some formats
- *     (QL_OFFSET) left out;
- *     the int32 sums are converted and fma'd with the scales into float lanes, and the offsets m enter as
- *     m * s (the 16-element sub-block formats: m_lo * sl + m_hi * sh). (int8 activations, ggml's Q8_1 / Q8_K,
+ *     (QL_OFFSET) left out; the int32 sums are converted and fma'd with the scales into float lanes, and the
+ *     offsets m enter as m * s (the 16-element sub-block formats: m_lo * sl + m_hi * sh). (int8 activations, ggml's Q8_1 / Q8_K,
  *     lost too much: greedy tokens of SmolLM2-135M agreed with the float path only 97 % of the time.)
  *   - F16 (n below DEC_N_MIN): float activations, F16C conversion of the weights, FMA.
  *   - decode-and-dot (every format past int_n_max; F16 without AVX2): 4 rows at a time are dequantized into a
  *     per-thread float buffer (L1) and handed to linear_impl.h's small-batch float kernels.
- * The panel path of large n (prefill) lives in qlinear.pyx: ql_decode_rows() below into a float panel, sgemm.
+ * The panel path of large n (prefill) lives in qlinear_core.pxi: ql_decode_rows() below into a float panel,
+ * then linear_impl.h's GEMM (sgemm without AVX2).
  *
  * Register blocks (AVX2): integer path, 32-element formats 4 weight rows x up to QL_JMAX = 4 activation rows
  * (the 4 rows' chunk sums folded into one vector, one float accumulator per activation row), 256-element formats
@@ -498,8 +498,8 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
  * The sub-scales stay out of the integer products: on Zen 3 a vector integer multiply takes the port the madds
  * need, and scaling the integers (mullo, int32 sums per block) measured 20 % (Q4_K) to 50 % (Q6_K) slower.
  * Each weight group is unpacked once (by shifts and masks, no byte-to-word conversions) and serves the J
- * activation rows (read from L1); the matrix streams in
- * row order, the lines QL_PF_ROWS rows further on prefetched. */
+ * activation rows (read from L1); the matrix streams in row order, the lines QL_PF_ROWS rows further on
+ * prefetched. */
 QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
                                   const ql_act *a, int k, float *out, int ld_out, float beta, const int J)
 {
@@ -515,13 +515,9 @@ QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w,
         __attribute__((aligned(32))) float dl[16];
         __m256 mlo = _mm256_setzero_ps(), mhi = mlo, part[QL_JMAX][4];
         ql_kscales_avx2(QT, b, dl, &mlo, &mhi);
-        /* the 16-element sub-blocks: lanes (dl[c], c < 4 | dl[8 + c]) and (dl[c], c >= 4 | dl[8 + c]) */
-        __m256 dl03 = mlo, dl47 = mlo;
-        if (BLK_SPLIT(QT)) {
-            const __m256 lo = _mm256_load_ps(dl), hi = _mm256_load_ps(dl + 8);
-            dl03 = _mm256_permute2f128_ps(lo, hi, 0x20);
-            dl47 = _mm256_permute2f128_ps(lo, hi, 0x31);
-        }
+        /* the 16-element sub-blocks' dl as lanes (dl[c] | dl[8 + c]) for c < 4 and for c >= 4 (unused otherwise) */
+        const __m256 dlo = _mm256_load_ps(dl), dhi = BLK_SPLIT(QT) ? _mm256_load_ps(dl + 8) : dlo;
+        const __m256 dl03 = _mm256_permute2f128_ps(dlo, dhi, 0x20), dl47 = _mm256_permute2f128_ps(dlo, dhi, 0x31);
         for (int j = 0; j < J; j++)
             for (int i = 0; i < NA; i++) part[j][i] = _mm256_setzero_ps();
         for (int g = 0; g < 8 / G; g++) {
