@@ -25,6 +25,8 @@ typedef void (*ql_dot_fn)(const ql_act *a, int n, int k, const uint8_t *w, size_
 typedef void (*blk_decode_f32_fn)(const uint8_t *src, float *y, size_t k);
 typedef void (*blk_decode_f64_fn)(const uint8_t *src, double *y, size_t k);
 typedef void (*blk_quantize_fn)(const float *x, uint8_t *y);
+/* rows of a type (stride row_bytes) of k elements -> the panel of qlinear_impl.h's integer GEMM */
+typedef void (*blk_ints_fn)(const uint8_t *w, size_t row_bytes, int rows, int k, uint8_t *panel);
 
 typedef struct {
     const char *name;               /* NULL: not a type fastlm knows */
@@ -35,22 +37,25 @@ typedef struct {
     blk_quantize_fn quantize;       /* one block, bit for bit ggml's reference quantizer; NULL: fastlm does not
                                        write the type */
     ql_dot_fn dot[FL_ISA_COUNT];    /* integer dots on int16 activations, per SIMD level */
+    blk_ints_fn ints_avx2;          /* the prefill GEMM's panel (AVX2; NULL without the kernels) */
     int int_n_max;                  /* the integer path serves calls of up to this many activation rows */
 } blk_traits;
 
 #ifdef BLK_KERNELS
 #define BLK_DOTS(T) {ql_dot_##T##_portable, QL_AVX2_DOTS(T)}
 #define BLK_VEC(T) ql_decode_avx2_##T
+#define BLK_INTS(T) QL_AVX2_INTS(T)
 #else
 #define BLK_DOTS(T) {0, 0, 0, 0, 0}
 #define BLK_VEC(T) 0
+#define BLK_INTS(T) 0
 #endif
 #define BLK_ROW(T, quantizer, n_max)                                                                            \
     [BLK_##T] = {#T, BLK_ELEMS(BLK_##T), BLK_BYTES(BLK_##T), blk_decode_f32_##T, blk_decode_f64_##T, BLK_VEC(T),   \
-                 quantizer, BLK_DOTS(T), n_max}
+                 quantizer, BLK_DOTS(T), BLK_INTS(T), n_max}
 #define BLK_FLOAT_ROW(T, quantizer)                                                                             \
     [BLK_##T] = {#T, BLK_ELEMS(BLK_##T), BLK_BYTES(BLK_##T), blk_decode_f32_##T, blk_decode_f64_##T, BLK_VEC(T),   \
-                 quantizer, {0, 0, 0, 0, 0}, 0}
+                 quantizer, {0, 0, 0, 0, 0}, 0, 0}
 
 /* int_n_max: from N = int_n_max + 1 on, decoding 4 rows into float and the float small-batch kernel is as
  * fast (qlinear.pyx's measurements): 31 for Q8_0, 15 for the 4-bit formats and the rest. */

@@ -14,6 +14,7 @@ cdef extern from "ggml_types.h" nogil:
         blk_decode_f32_fn decode_f32
         blk_decode_f64_fn decode_f64
         blk_quantize_fn quantize
+        void* ints_avx2
         int int_n_max
     const blk_traits* blk_traits_of(int qtype)
     enum:

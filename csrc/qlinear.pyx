@@ -15,10 +15,17 @@
 #     F16                 float x, F16C conversion + FMA, 4 weight rows x 3 activation rows.
 #   DEC_N_MIN <= N < PANEL_N_MIN, "decode-and-dot": 4 weight rows at a time decoded into a per-thread float
 #     buffer (L1) and multiplied by linear_impl.h's small-batch float kernel.
-#   N >= PANEL_N_MIN (prefill): as many weight rows as fit PANEL_BYTES decoded into a per-thread float32
-#     panel, then linear_impl.h's GEMM (AVX2; sgemm on the portable path) on x packed once per call: float32
-#     speed and accuracy. sgemm packed x and the panel again for each panel, a fifth of the 1B model's prefill
-#     (perf); the GEMM's 6 x 16 register block runs at 45 GMAC/s on hot data, one Zen 3 core (FMA peak ~46).
+#   N >= PANEL_N_MIN (prefill), per thread a panel of as many weight rows as PANEL_BYTES of float32 hold:
+#     GEMM_TYPES (the formats with one scale per chunk of 32: all but Q2_K, Q3_K, Q6_K), with SIMD: x rounded
+#     to int16 as on the integer path and packed once per call, the panel's rows unpacked to int16 with a
+#     scale and a min per chunk, qlinear_impl.h's integer GEMM (6 weight rows x 16 activation rows; exact
+#     int32 sums per chunk). madd does twice the multiply-adds of an FMA per operation: 1B prefill
+#     (bench/bench_1b.py, Zen 3, 2 threads) 50 -> 62 tok/s on Q8_0, 48 -> 67 on Q4_0. With a scale per 16
+#     elements (the other K formats) the conversions doubled and it lost to float32 (47 against 57 on Q6_K).
+#     The others, and every type without SIMD: rows decoded to float32, then linear_impl.h's GEMM (AVX2; sgemm
+#     on the portable path) on x packed once per call: float32 accuracy. sgemm packed x and the panel again for
+#     each panel, a fifth of the 1B model's prefill (perf); the GEMM's 6 x 16 register block runs at 45 GMAC/s
+#     on hot data, one Zen 3 core (FMA peak ~46).
 # Output rows are split across the OpenMP threads in slices (multiples of QL_SLICE_ALIGN rows); below
 # PARALLEL_MIN_WORK multiply-adds one thread does it all. Each weight block is read once per call.
 #
@@ -38,7 +45,8 @@
 # all of packed x once per panel.
 #
 # Scratch (bytes, scratch_size(n, k, threads)): 64 bytes of alignment slack, one float buffer per thread (4 rows,
-# or a panel), then the rounded activations (n x k int16, and d, s, sl, sh per block of 32). With scratch=None each
+# or a panel), then the rounded activations (n x k int16, and d, s, sl, sh per block of 32), and for the integer
+# GEMM those packed; or x packed for the float GEMM. With scratch=None each
 # call allocates it (and allocations() counts that).
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, uint8_t, uintptr_t

@@ -127,6 +127,49 @@ static void ql_dot_##T##_portable(const ql_act *a, int n, int k, const uint8_t *
 BLK_QUANT_TYPES(X)
 #undef X
 
+/* ---- the prefill path's integer GEMM (N >= PANEL_N_MIN) for the formats whose chunks of 32 have one scale
+ * each (all but the 16-element sub-block formats Q2_K, Q3_K and Q6_K, which keep the float panels: a scale per
+ * 16 doubled the conversions and made them slower than float32). The int16 activations of the integer path,
+ * packed once per call, times panels of weight rows unpacked to int16 with a scale dl and a min m per chunk:
+ * out[t, r] = sum over chunks c of d_a[t, c] dl[r, c] I[t, r, c] + m[r, c] s_a[t, c], I the exact int32 dot.
+ * madd sums int16 pairs, so the register block is 6 weight rows x 16 activation rows, a pair of k at a time:
+ * two loads of packed x (16 rows' pairs as int32 words) and 6 broadcasts of the weight rows' pairs for 12 madds
+ * and 12 adds (or 12 vpdpwssd), 192 multiply-adds where float32 FMAs do 96 in as many operations; per chunk
+ * the 12 int32 sums are converted and fma'd into float sums. */
+#define QL_GEMM_MR 6
+#define QL_GEMM_KC 512      /* k per block: 16 activation rows' pairs (16 KB) and 6 weight rows (6 KB) in L1 */
+
+/* Bytes of ql_gemm_pack's output for n activation rows of k. */
+static inline size_t ql_gemm_packed_bytes(int n, int k)
+{
+    const size_t rows = (size_t)(n + 15) / 16 * 16;
+    return rows * (size_t)k * 2 + 2 * rows * (size_t)(k / 32) * 4;
+}
+
+/* The activations a (ql_quant_rows' n rows of k) -> xp, per block of 16 rows (zeros past n): per pair p of k,
+ * the 16 rows' pair p as int32 words. Then, per block of 16 rows, per chunk, the rows' d_a; then per block of
+ * 16 rows, per chunk, their s_a (d_a * the chunk's sum, s). */
+static void ql_gemm_pack(const ql_act *a, int n, int k, uint8_t *xp)
+{
+    const int nb = (n + 15) / 16, nc = k / 32;
+    int32_t *pairs = (int32_t *)xp;
+    float *dp = (float *)(xp + (size_t)nb * 16 * k * 2), *sp = dp + (size_t)nb * 16 * nc;
+    for (int jb = 0; jb < nb; jb++)
+        for (int t = 0; t < 16; t++) {
+            const int j = 16 * jb + t, in = j < n;
+            for (int p = 0; p < k / 2; p++) {
+                int32_t v = 0;
+                if (in) memcpy(&v, a->q + (size_t)j * k + 2 * p, 4);
+                pairs[((size_t)jb * (k / 2) + p) * 16 + t] = v;
+            }
+            for (int c = 0; c < nc; c++) {
+                const size_t ib = (size_t)j * nc + c, o = ((size_t)jb * nc + c) * 16 + t;
+                dp[o] = in ? a->d[ib] : 0.0f;
+                sp[o] = in ? a->s[ib] : 0.0f;
+            }
+        }
+}
+
 /* --------------------------------------------------------------------------------------------------- AVX2 */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -722,6 +765,180 @@ X(Q2_K) X(Q3_K) X(Q4_K) X(Q5_K) X(Q6_K) X(IQ4_XS)
 X(Q5_0) X(Q5_1) X(IQ4_NL)
 #undef X
 
+/* acc[0] += madd(w pair, x0), acc[1] += madd(w pair, x1), the pair broadcast from memory: one statement, so
+ * that the 12 accumulators, x0, x1, the pair and one product are all the registers a tile needs (as separate
+ * intrinsics GCC issued the 12 madds first and spilled the accumulators). */
+QL_AVX2_INLINE void ql_gemm_step(const int ISA, __m256i *acc, const int32_t *wp, __m256i x0, __m256i x1)
+{
+    __m256i b, t;
+    if (ISA == FL_ISA_AVX2)
+        __asm__("vpbroadcastd %[w], %[b]\n\t"
+                "vpmaddwd %[x0], %[b], %[t]\n\t"
+                "vpaddd %[t], %[a0], %[a0]\n\t"
+                "vpmaddwd %[x1], %[b], %[t]\n\t"
+                "vpaddd %[t], %[a1], %[a1]"
+                : [a0] "+x"(acc[0]), [a1] "+x"(acc[1]), [b] "=&x"(b), [t] "=&x"(t)
+                : [x0] "x"(x0), [x1] "x"(x1), [w] "m"(*wp));
+    else {
+        b = _mm256_set1_epi32(*wp);
+        acc[0] = ql_dot_acc(ISA, acc[0], b, x0);
+        acc[1] = ql_dot_acc(ISA, acc[1], b, x1);
+    }
+}
+
+/* ---- the prefill path's integer GEMM (see ql_gemm_pack): one tile, out[:T, :R] (+)= R <= 6 panel rows
+ * (w: int16 in QL_ORDER, stride k; dl, m: per chunk, stride nc) x 16 packed activation rows over kc columns;
+ * the first block of k stores (+ beta * out), the later ones add to out. */
+QL_AVX2_INLINE void ql_gemm_tile_avx2(const int ISA, const int32_t *xp, const float *dp, const float *sp,
+                                      const int16_t *w, size_t k, const float *dl, const float *m, size_t nc, int kc,
+                                      float *out, int ld_out, int T, float beta, int first, const int R)
+{
+    __m256 f[QL_GEMM_MR][2];
+    for (int i = 0; i < R; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
+    for (int c = 0; c < kc / 32; c++, xp += 16 * 16, dp += 16, sp += 16) {
+        __m256i acc[QL_GEMM_MR][2];
+        for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+        for (int p = 0; p < 16; p++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xp + 16 * p)),
+                          x1 = _mm256_loadu_si256((const __m256i *)(xp + 16 * p + 8));
+            for (int i = 0; i < R; i++) ql_gemm_step(ISA, acc[i], (const int32_t *)(w + i * k + 32 * c + 2 * p), x0, x1);
+        }
+        const __m256 d0 = _mm256_loadu_ps(dp), d1 = _mm256_loadu_ps(dp + 8);
+        for (int i = 0; i < R; i++) {
+            const __m256 dlb = _mm256_broadcast_ss(dl + i * nc + c);
+            f[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(d0, dlb), f[i][0]);
+            f[i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(d1, dlb), f[i][1]);
+            if (m) {
+                const __m256 mb = _mm256_broadcast_ss(m + i * nc + c);
+                f[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(sp), mb, f[i][0]);
+                f[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(sp + 8), mb, f[i][1]);
+            }
+        }
+    }
+    float v[QL_GEMM_MR][16];
+    for (int i = 0; i < R; i++) {
+        _mm256_storeu_ps(v[i], f[i][0]);
+        _mm256_storeu_ps(v[i] + 8, f[i][1]);
+    }
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * ld_out;
+        for (int i = 0; i < R; i++)
+            o[i] = !first ? o[i] + v[i][t] : beta != 0.0f ? v[i][t] + beta * o[i] : v[i][t];
+    }
+}
+
+/* out (n, rows) (+ beta * out) = the activations packed at xpk (ql_gemm_pack) times the panel (ql_panel_ints_t's
+ * rows: the int16, then dl, then m if has_m). k in blocks of QL_GEMM_KC, then tiles of 6 weight rows, then the
+ * blocks of 16 activation rows: a tile's weight rows stay in L1 across them, the block of x in L2. */
+QL_AVX2_INLINE void ql_gemm_avx2_t(const int ISA, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows,
+                                   int has_m, float *out, int ld_out, float beta)
+{
+    const int nb = (n + 15) / 16;
+    const size_t nc = (size_t)k / 32;
+    const int32_t *pairs = (const int32_t *)xpk;
+    const float *dp = (const float *)(xpk + (size_t)nb * 16 * k * 2), *sp = dp + (size_t)nb * 16 * nc;
+    const int16_t *wq = (const int16_t *)panel;
+    const float *dl = (const float *)(panel + (size_t)rows * k * 2), *m = has_m ? dl + (size_t)rows * nc : 0;
+    for (int k0 = 0; k0 < k; k0 += QL_GEMM_KC) {
+        const int kc = k - k0 < QL_GEMM_KC ? k - k0 : QL_GEMM_KC, first = k0 == 0;
+        const size_t c0 = (size_t)k0 / 32;
+        for (int r = 0; r < rows; r += QL_GEMM_MR) {
+            const int16_t *wr = wq + (size_t)r * k + k0;
+            const float *dr = dl + r * nc + c0, *mr = m ? m + r * nc + c0 : 0;
+            for (int jb = 0; jb < nb; jb++) {
+                const int T = n - 16 * jb < 16 ? n - 16 * jb : 16;
+                const int32_t *xt = pairs + ((size_t)jb * (k / 2) + k0 / 2) * 16;
+                const float *dt = dp + ((size_t)jb * nc + c0) * 16, *st = sp + ((size_t)jb * nc + c0) * 16;
+                float *o = out + (size_t)16 * jb * ld_out + r;
+#define QL_TILE(RC) ql_gemm_tile_avx2(ISA, xt, dt, st, wr, k, dr, mr, nc, kc, o, ld_out, T, beta, first, RC)
+                switch (rows - r < QL_GEMM_MR ? rows - r : QL_GEMM_MR) {
+                case 6: QL_TILE(6); break;
+                case 5: QL_TILE(5); break;
+                case 4: QL_TILE(4); break;
+                case 3: QL_TILE(3); break;
+                case 2: QL_TILE(2); break;
+                default: QL_TILE(1); break;
+                }
+#undef QL_TILE
+            }
+        }
+    }
+}
+
+/* ql_gemm_<level>: the GEMM for each SIMD level of the integer dots. */
+#define X(SUFFIX, ISA)                                                                                         \
+QL_AVX2 static void ql_gemm_##SUFFIX(const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows, int has_m, \
+                                    float *out, int ld_out, float beta)                                        \
+{ ql_gemm_avx2_t(ISA, xpk, n, k, panel, rows, has_m, out, ld_out, beta); }
+X(avx2, FL_ISA_AVX2) X(avx_vnni, FL_ISA_AVX_VNNI) X(avx512_vnni, FL_ISA_AVX512_VNNI)
+#undef X
+
+static void ql_gemm(int isa, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows, int has_m,
+                    float *out, int ld_out, float beta)
+{
+    (isa == FL_ISA_AVX512_VNNI ? ql_gemm_avx512_vnni : isa == FL_ISA_AVX_VNNI ? ql_gemm_avx_vnni : ql_gemm_avx2)(
+        xpk, n, k, panel, rows, has_m, out, ld_out, beta);
+}
+
+/* rows of w (stride row_bytes) of constant type QT -> the GEMM's panel: their integers as blk_chunk gives them
+ * (ql_ints_avx2's plus the constant offsets QL_OFFSET: one add per 16 here saves the GEMM a term), in QL_ORDER,
+ * rows x k int16; then per row and chunk its scale dl; then, for the formats with mins, its min m, to be
+ * multiplied by the activations' sums. */
+QL_AVX2_INLINE void ql_panel_ints_t(const int QT, const uint8_t *w, size_t row_bytes, int rows, int k,
+                                    uint8_t *panel)
+{
+    const int G = QL_GROUP(QT);
+    const size_t nc = (size_t)k / 32;
+    int16_t *wq = (int16_t *)panel;
+    float *dl = (float *)(panel + (size_t)rows * k * 2), *m = dl + (size_t)rows * nc;
+    const __m256i offset = _mm256_set1_epi16(QL_OFFSET(QT));
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *b = w + (size_t)r * row_bytes;
+        int16_t *q = wq + (size_t)r * k;
+        float *dr = dl + r * nc, *mr = m + r * nc;
+        if (BLK_ELEMS(QT) == 32) {
+            for (int c = 0; c < k / 32; c++, b += BLK_BYTES(QT), q += 32) {
+                __m256i wi[2];
+                ql_ints_avx2(QT, b, 0, wi);
+                _mm256_storeu_si256((__m256i *)q, _mm256_add_epi16(wi[0], offset));
+                _mm256_storeu_si256((__m256i *)(q + 16), _mm256_add_epi16(wi[1], offset));
+                dr[c] = ql_fp16_avx2(b);
+                if (BLK_HAS_MIN(QT)) mr[c] = ql_fp16_avx2(b + 2);
+            }
+            continue;
+        }
+        for (int blk = 0; blk < k / 256; blk++, b += BLK_BYTES(QT), q += 256) {
+            __attribute__((aligned(32))) float dlb[16], mb[16];
+            __m256 mlo = _mm256_setzero_ps(), mhi = mlo;
+            ql_kscales_avx2(QT, b, dlb, &mlo, &mhi);
+            _mm256_store_ps(mb, mlo);
+            _mm256_store_ps(mb + 8, mhi);
+            for (int g = 0; g < 8 / G; g++) {
+                __m256i wi[8];
+                ql_ints_avx2(QT, b, g, wi);
+                for (int i = 0; i < G; i++) {
+                    _mm256_storeu_si256((__m256i *)(q + 32 * (G * g + i)), _mm256_add_epi16(wi[2 * i], offset));
+                    _mm256_storeu_si256((__m256i *)(q + 32 * (G * g + i) + 16),
+                                        _mm256_add_epi16(wi[2 * i + 1], offset));
+                }
+            }
+            for (int c = 0; c < 8; c++) {
+                dr[8 * blk + c] = dlb[c];
+                if (BLK_HAS_MIN(QT)) mr[8 * blk + c] = mb[c];
+            }
+        }
+    }
+}
+#define X(T)                                                                                                   \
+QL_AVX2 static void ql_panel_ints_avx2_##T(const uint8_t *w, size_t row_bytes, int rows, int k, uint8_t *panel) \
+{ ql_panel_ints_t(BLK_##T, w, row_bytes, rows, k, panel); }
+X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q8_0) X(Q4_K) X(Q5_K) X(IQ4_NL) X(IQ4_XS)
+#undef X
+#define ql_panel_ints_avx2_Q2_K 0   /* the 16-element sub-block formats keep the float panels */
+#define ql_panel_ints_avx2_Q3_K 0
+#define ql_panel_ints_avx2_Q6_K 0
+#define QL_AVX2_INTS(T) ql_panel_ints_avx2_##T
+
 #else  /* not x86: no AVX2 kernels (fl_cpu_isa() is FL_ISA_PORTABLE), the vectorized decoders are the portable */
 
 #define QL_AVX2_DOTS(T) 0, 0, 0, 0
@@ -734,6 +951,9 @@ BLK_QUANT_TYPES(X)
 static void ql_quant_row_avx2(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl, float *sh) {}
 static void ql_small_f16_avx2(const float *x, int n, int k, const uint8_t *w, int rows, float *out, int ld_out,
                               float beta) {}
+#define QL_AVX2_INTS(T) 0
+static void ql_gemm(int isa, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows, int has_m,
+                    float *out, int ld_out, float beta) {}
 
 #endif
 
@@ -772,6 +992,19 @@ static void ql_quant_rows(const float *x, int n, int k, int group, int16_t *q, f
         const size_t o = (size_t)j * nb;
         if (simd) ql_quant_row_avx2(x + (size_t)j * k, k, group, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
         else ql_quant_row(x + (size_t)j * k, k, group, q + (size_t)j * k, d + o, s + o, sl + o, sh + o);
+    }
+}
+
+/* The prefill path's integer GEMM at SIMD level isa (AVX2 or above) on x packed by ql_gemm_pack: rows of w in
+ * panels of panel_rows, unpacked into panel (panel_rows * k * 4 bytes hold one) by the table's ints_avx2. */
+static void ql_gemm_rows(int qtype, int isa, const uint8_t *xpk, int n, int k, const uint8_t *w, size_t row_bytes,
+                         int rows, int panel_rows, float *out, int ld_out, float beta, uint8_t *panel)
+{
+    const int has_m = BLK_HAS_MIN(qtype);
+    for (int p0 = 0; p0 < rows; p0 += panel_rows) {
+        const int pr = rows - p0 < panel_rows ? rows - p0 : panel_rows;
+        BLK_TRAITS[qtype].ints_avx2(w + (size_t)p0 * row_bytes, row_bytes, pr, k, panel);
+        ql_gemm(isa, xpk, n, k, panel, pr, has_m, out + p0, ld_out, beta);
     }
 }
 

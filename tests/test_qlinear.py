@@ -2,9 +2,11 @@
 gguf package making the blocks (its quantizers) and decoding them (ggml's reference dequantizers).
 
 Error bounds, per output element out[j, i] = x_j . w_i (w_i the dequantized row):
-  - float paths (F16 at any N, every type at N >= DEC_N_MIN): float32 accumulation,
+  - float paths (F16 at any N, every type from DEC_N_MIN to PANEL_N_MIN, and from PANEL_N_MIN on the types
+    outside GEMM_TYPES and every type without SIMD): float32 accumulation,
     |err| <= FLOAT_TOL * ||x_j|| * ||w_i||, and ||out - ref|| / ||ref|| <= FLOAT_TOL.
-  - int16-activation paths (every block type at N < DEC_N_MIN): each activation group of g elements (g = 32,
+  - int16-activation paths (every block type at N < DEC_N_MIN; GEMM_TYPES from PANEL_N_MIN on, with SIMD: the
+    integer GEMM): each activation group of g elements (g = 32,
     or 256 for the formats with 256-element blocks) is rounded to d * q with d = max|x_b| / 32767 (q int16,
     round to nearest), so each element moves by at most d / 2 = max|x_b| / 65534. Per group,
     |w_b . e_b| <= ||w_b|| * sqrt(g) * max|x_b| / 65534 <= ||w_b|| * ||x_b|| * sqrt(g) / 65534, and by
@@ -76,7 +78,9 @@ def int16_abs(qtype):
 
 
 def int_path(qtype, n):
-    return qtype in INT_TYPES and n < min(_qlinear.DEC_N_MIN[qtype], _qlinear.PANEL_N_MIN[qtype])
+    if n >= _qlinear.PANEL_N_MIN[qtype]:
+        return qtype in _qlinear.GEMM_TYPES and _qlinear.simd_enabled() and _qlinear.isa() != "portable"
+    return qtype in INT_TYPES and n < _qlinear.DEC_N_MIN[qtype]
 
 
 def assert_close(out, x, ref_w, qtype, n, prior=None, beta=0.0):
@@ -116,6 +120,8 @@ def test_matches_dequantized_product(qtype, rows, n, simd):
 def test_float_paths_decode_the_blocks_bit_for_bit(qtype, n, simd):
     """The row decoders of the float paths give ggml's values bit for bit: with the rows of the identity as x,
     each output is one product w * 1 among products by 0, so out.T is the dequantized matrix itself."""
+    if int_path(qtype, n):
+        pytest.skip(f"{NAMES[qtype]}'s prefill takes the integer GEMM here (test_matches_dequantized_product)")
     k = ks(qtype)[-1]
     raw, ref_w = weights(qtype, 37, k)
     assert n >= _qlinear.DEC_N_MIN[qtype] and (n >= _qlinear.PANEL_N_MIN[qtype]) == (n == 128)
@@ -165,14 +171,15 @@ def test_simd_and_portable_agree(qtype, n):
 @pytest.mark.parametrize("isa", _qlinear.ISA_NAMES)
 @pytest.mark.parametrize("qtype", sorted(INT_TYPES), ids=NAMES.get)
 def test_every_simd_level_matches(isa, qtype):
-    """The integer kernels of each SIMD level the CPU has (set_isa), against the float64 product."""
+    """The integer kernels (and the integer GEMM, N = 130) of each SIMD level the CPU has (set_isa), against the
+    float64 product."""
     if isa not in _qlinear.CPU_ISAS:
         pytest.skip(f"this CPU does not run {isa} (it runs {', '.join(_qlinear.CPU_ISAS)})")
     before_simd, before_isa = _qlinear.simd_enabled(), _qlinear.isa()
     try:
         _qlinear.set_simd(True)
         _qlinear.set_isa(isa)
-        for n in (1, 4, 7):
+        for n in (1, 4, 7, 130):
             k = ks(qtype)[-1]
             raw, ref_w = weights(qtype, 37, k)
             x = activations(n, k)
@@ -215,11 +222,12 @@ def test_extreme_blocks_stay_exact(qtype, simd):
         raw[..., 0:2] = np.array([1e-3], np.float16).view(np.uint8)
     raw = raw.reshape(4, -1)
     ref_w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype)).astype(np.float64)
-    x = np.full((3, k), -1.0, np.float32)              # every block's elements round to -32767
-    x[1] = 1.0
-    out = np.empty((3, 4), np.float32)
-    _qlinear.linear(x, raw, qtype, out)
-    np.testing.assert_allclose(out, x.astype(np.float64) @ ref_w.T, rtol=1e-5)
+    for n in (3, 130):                                  # the integer dots, and the integer GEMM where it serves
+        x = np.full((n, k), -1.0, np.float32)           # every block's elements round to -32767
+        x[1::2] = 1.0
+        out = np.empty((n, 4), np.float32)
+        _qlinear.linear(x, raw, qtype, out)
+        np.testing.assert_allclose(out, x.astype(np.float64) @ ref_w.T, rtol=1e-5)
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=NAMES.get)
