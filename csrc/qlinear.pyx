@@ -16,16 +16,18 @@
 #   DEC_N_MIN <= N < PANEL_N_MIN, "decode-and-dot": 4 weight rows at a time decoded into a per-thread float
 #     buffer (L1) and multiplied by linear_impl.h's small-batch float kernel.
 #   N >= PANEL_N_MIN (prefill), per thread a panel of as many weight rows as PANEL_BYTES of float32 hold:
-#     GEMM_TYPES (the formats with one scale per chunk of 32: all but Q2_K, Q3_K, Q6_K), with SIMD: x rounded
-#     to int16 as on the integer path and packed once per call, the panel's rows unpacked to int16 with a
-#     scale and a min per chunk, qlinear_impl.h's integer GEMM (6 weight rows x 16 activation rows; exact
-#     int32 sums per chunk). madd does twice the multiply-adds of an FMA per operation: 1B prefill
-#     (bench/bench_1b.py, Zen 3, 2 threads) 50 -> 62 tok/s on Q8_0, 48 -> 67 on Q4_0. With a scale per 16
-#     elements (the other K formats) the conversions doubled and it lost to float32 (47 against 57 on Q6_K).
-#     The others, and every type without SIMD: rows decoded to float32, then linear_impl.h's GEMM (AVX2; sgemm
-#     on the portable path) on x packed once per call: float32 accuracy. sgemm packed x and the panel again for
-#     each panel, a fifth of the 1B model's prefill (perf); the GEMM's 6 x 16 register block runs at 45 GMAC/s
-#     on hot data, one Zen 3 core (FMA peak ~46).
+#     block formats, with SIMD (GEMM_TYPES): x rounded to int16 as on the integer path and packed once per call,
+#     the panel's rows unpacked to int16 with the sub-scales and constant offsets multiplied in (a float scale
+#     per block and the mins left), qlinear_impl.h's integer GEMM (6 weight rows x 16 activation rows, exact
+#     int32 sums over spans as long as no sum can overflow: 16 elements for Q6_K up to 256 for Q2_K / Q3_K).
+#     A madd does twice the multiply-adds of an FMA per operation. 1B prefill of 128 tokens (Zen 3,
+#     2 threads, tok/s) against the float32 panels: Q8_0 51 -> 66, Q6_K 53 -> 61, Q2_K 51 -> 73, Q3_K_M
+#     63 -> 82, Q4_K_M 51 -> 60. A first version that kept the sub-scales as float scales per 16 elements was
+#     slower than float32 on Q6_K (47 against 57): its conversions doubled.
+#     F16, and every type without SIMD: rows decoded to float32, then linear_impl.h's GEMM (AVX2; sgemm on the
+#     portable path) on x packed once per call: float32 accuracy. sgemm packed x and the panel again for each
+#     panel, a fifth of the 1B model's prefill (perf); the GEMM's 6 x 16 register block runs at 45 GMAC/s on
+#     hot data, one Zen 3 core (FMA peak ~46).
 # Output rows are split across the OpenMP threads in slices (multiples of QL_SLICE_ALIGN rows); below
 # PARALLEL_MIN_WORK multiply-adds one thread does it all. Each weight block is read once per call.
 #

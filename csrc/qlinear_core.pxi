@@ -58,7 +58,7 @@ cdef inline int _panel_rows(Py_ssize_t k) noexcept nogil:
 # Smallest N that takes the prefill paths (by measurement, see qlinear.pyx), the same for every type.
 cdef int _panel_min_any = 96
 PANEL_N_MIN = {t: _panel_min_any for t in QL_BLOCKS}
-# The types whose prefill takes the integer GEMM where SIMD is on (the others decode float32 panels).
+# The types whose prefill takes the integer GEMM where SIMD is on (F16 decodes float32 panels).
 GEMM_TYPES = frozenset(t for t in QL_BLOCKS if blk_traits_of(t).ints_avx2 != NULL)
 # Smallest N that takes the decode-and-dot path instead of the integer or F16C kernel, per type: the table's
 # int_n_max + 1 (the integer path's scratch grows with it: 2 * N * k bytes of activations); F16C up to 4 rows.

@@ -127,33 +127,39 @@ static void ql_dot_##T##_portable(const ql_act *a, int n, int k, const uint8_t *
 BLK_QUANT_TYPES(X)
 #undef X
 
-/* ---- the prefill path's integer GEMM (N >= PANEL_N_MIN) for the formats whose chunks of 32 have one scale
- * each (all but the 16-element sub-block formats Q2_K, Q3_K and Q6_K, which keep the float panels: a scale per
- * 16 doubled the conversions and made them slower than float32). The int16 activations of the integer path,
- * packed once per call, times panels of weight rows unpacked to int16 with a scale dl and a min m per chunk:
- * out[t, r] = sum over chunks c of d_a[t, c] dl[r, c] I[t, r, c] + m[r, c] s_a[t, c], I the exact int32 dot.
+/* ---- the prefill path's integer GEMM (N >= PANEL_N_MIN): the int16 activations of the integer path, packed
+ * once per call, times panels of weight rows unpacked to int16. The sub-scales of the 256-element formats and
+ * the constant offsets (QL_OFFSET) are folded into the weights' integers (at most 4096 in magnitude: Q6_K's
+ * -128 x -32), so the float scales left are one per block of the format, d (x the activations' d_a), and the
+ * mins m per sub-block (x the activations' sums s_a):
+ *   out[t, r] = sum over blocks b of d_a[t, b] d[r, b] I[t, r, b] + sum over sub-blocks u of m[r, u] s_a[t, u],
+ * I the exact dot of the block, summed in int32 over spans of QL_GEMM_SPAN(qt) elements (as long as 32768 times
+ * the largest integer times the span stays within 2^31) and in float32 across spans.
  * madd sums int16 pairs, so the register block is 6 weight rows x 16 activation rows, a pair of k at a time:
  * two loads of packed x (16 rows' pairs as int32 words) and 6 broadcasts of the weight rows' pairs for 12 madds
- * and 12 adds (or 12 vpdpwssd), 192 multiply-adds where float32 FMAs do 96 in as many operations; per chunk
- * the 12 int32 sums are converted and fma'd into float sums. */
+ * and 12 adds (or 12 vpdpwssd), 192 multiply-adds where float32 FMAs do 96 in as many operations. */
 #define QL_GEMM_MR 6
 #define QL_GEMM_KC 512      /* k per block: 16 activation rows' pairs (16 KB) and 6 weight rows (6 KB) in L1 */
+#define QL_GEMM_SPAN(qt) ((qt) == BLK_Q2_K || (qt) == BLK_Q3_K ? 256 : (qt) == BLK_Q4_K ? 64                      \
+                          : (qt) == BLK_Q6_K || (qt) == BLK_IQ4_XS ? 16 : 32)
+#define QL_GEMM_MINS(qt) (!BLK_HAS_MIN(qt) ? 0 : BLK_SPLIT(qt) ? 16 : 32)   /* elements per min, 0: none */
 
 /* Bytes of ql_gemm_pack's output for n activation rows of k. */
 static inline size_t ql_gemm_packed_bytes(int n, int k)
 {
     const size_t rows = (size_t)(n + 15) / 16 * 16;
-    return rows * (size_t)k * 2 + 2 * rows * (size_t)(k / 32) * 4;
+    return rows * (size_t)k * 2 + 4 * rows * (size_t)(k / 32) * 4;
 }
 
 /* The activations a (ql_quant_rows' n rows of k) -> xp, per block of 16 rows (zeros past n): per pair p of k,
- * the 16 rows' pair p as int32 words. Then, per block of 16 rows, per chunk, the rows' d_a; then per block of
- * 16 rows, per chunk, their s_a (d_a * the chunk's sum, s). */
+ * the 16 rows' pair p as int32 words. Then, per block of 16 rows, the rows' d_a per chunk; their s_a per chunk
+ * (d_a * the chunk's sum, s); their s_a per half chunk (sl, sh). */
 static void ql_gemm_pack(const ql_act *a, int n, int k, uint8_t *xp)
 {
     const int nb = (n + 15) / 16, nc = k / 32;
     int32_t *pairs = (int32_t *)xp;
-    float *dp = (float *)(xp + (size_t)nb * 16 * k * 2), *sp = dp + (size_t)nb * 16 * nc;
+    float *dp = (float *)(xp + (size_t)nb * 16 * k * 2), *s32 = dp + (size_t)nb * 16 * nc,
+          *s16 = s32 + (size_t)nb * 16 * nc;
     for (int jb = 0; jb < nb; jb++)
         for (int t = 0; t < 16; t++) {
             const int j = 16 * jb + t, in = j < n;
@@ -165,7 +171,9 @@ static void ql_gemm_pack(const ql_act *a, int n, int k, uint8_t *xp)
             for (int c = 0; c < nc; c++) {
                 const size_t ib = (size_t)j * nc + c, o = ((size_t)jb * nc + c) * 16 + t;
                 dp[o] = in ? a->d[ib] : 0.0f;
-                sp[o] = in ? a->s[ib] : 0.0f;
+                s32[o] = in ? a->s[ib] : 0.0f;
+                s16[o + 16 * ((size_t)jb * nc + c)] = in ? a->sl[ib] : 0.0f;
+                s16[o + 16 * ((size_t)jb * nc + c) + 16] = in ? a->sh[ib] : 0.0f;
             }
         }
 }
@@ -282,49 +290,36 @@ QL_AVX2_INLINE __m128i ql_evens_odds(__m128i v)
     return _mm_shuffle_epi8(v, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
 }
 
-QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, __m256 *mlo, __m256 *mhi)
+/* The sub-scales of the block at b of 256-element type QT as bytes, and its d: the 16-element sub-block formats'
+ * 16 signed ones (the first halves' of chunks 0-7, then the second halves'), Q4_K's and Q5_K's 8 (6-bit),
+ * IQ4_XS's 8 signed ones. */
+QL_AVX2_INLINE __m128i ql_ksub_avx2(const int QT, const uint8_t *b, float *d)
 {
     const __m128i n4 = _mm_set1_epi8(15);
-    __m128i sc = _mm_setzero_si128();       /* the 16-element sub-block formats' 16 signed scales, evens, odds */
-    float d = 0.0f;
     switch (QT) {
-    case BLK_Q2_K: {            /* 16 bytes: low nibble the scale, high nibble the min, of half chunk i */
-        const __m128i v = _mm_loadu_si128((const __m128i *)b);
-        const __m128i mins = ql_evens_odds(_mm_and_si128(_mm_srli_epi16(v, 4), n4));
-        const __m256 ndmin = _mm256_set1_ps(-ql_fp16_avx2(b + 82));
-        *mlo = _mm256_mul_ps(ndmin, ql_u8x8_ps(mins));
-        *mhi = _mm256_mul_ps(ndmin, ql_u8x8_ps(_mm_srli_si128(mins, 8)));
-        sc = ql_evens_odds(_mm_and_si128(v, n4));
-        d = ql_fp16_avx2(b + 80);
-        break;
-    }
+    case BLK_Q2_K:              /* 16 bytes: low nibble the scale, high nibble the min, of half chunk i */
+        *d = ql_fp16_avx2(b + 80);
+        return ql_evens_odds(_mm_and_si128(_mm_loadu_si128((const __m128i *)b), n4));
     case BLK_Q3_K: {            /* blk_k3_scale's bits, 16 at a time: low nibbles from bytes 0-7, the top 2 bits of
                                    scale i at bit 2 (i / 4) of byte 8 + i % 4 */
         const __m128i s = _mm_loadl_epi64((const __m128i *)(b + 96));
         const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(s, n4), _mm_and_si128(_mm_srli_epi16(s, 4), n4));
         const __m128i top = _mm_set1_epi32((int)blk_u32(b + 104));
         const __m128i hi = _mm_and_si128(_mm_srlv_epi32(top, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
-        sc = ql_evens_odds(_mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32)));
-        d = ql_fp16_avx2(b + 108);
-        break;
+        *d = ql_fp16_avx2(b + 108);
+        return ql_evens_odds(_mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32)));
     }
     case BLK_Q6_K:
-        sc = ql_evens_odds(_mm_loadu_si128((const __m128i *)(b + 192)));
-        d = ql_fp16_avx2(b + 208);
-        break;
-    case BLK_Q4_K: case BLK_Q5_K: {
-        /* the 12 bytes of 6-bit scales and mins as words: blk_k4_scale's / blk_k4_min's bits, 4 at a time */
-        const uint32_t u0 = blk_u32(b + 4), u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
-        const uint64_t scs = (u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
-        const uint64_t mns = (u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u))
-                                                     << 32;
-        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)),
-                                          ql_u8x8_ps(_mm_cvtsi64_si128((long long)scs))));
-        *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mns)));
-        return;
+        *d = ql_fp16_avx2(b + 208);
+        return ql_evens_odds(_mm_loadu_si128((const __m128i *)(b + 192)));
+    case BLK_Q4_K: case BLK_Q5_K: {     /* blk_k4_scale's bits, 4 at a time, from the 12 bytes at 4 */
+        const uint32_t u0 = blk_u32(b + 4), u2 = blk_u32(b + 12);
+        *d = ql_fp16_avx2(b);
+        return _mm_cvtsi64_si128((long long)((u0 & 0x3F3F3F3Fu)
+                                             | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32));
     }
-    case BLK_IQ4_XS: {          /* blk_iq4xs_scale's bits, 8 at a time: nibble c % 2 of byte 4 + c / 2, 2 bits 2 c
-                                   of the u16 at byte 2 */
+    default: {                  /* IQ4_XS: blk_iq4xs_scale's bits, 8 at a time: nibble c % 2 of byte 4 + c / 2,
+                                   2 bits 2 c of the u16 at byte 2 */
         const __m128i s = _mm_cvtsi32_si128((int)blk_u32(b + 4));
         const __m256i lo = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(s, n4),
                                                                   _mm_and_si128(_mm_srli_epi16(s, 4), n4)));
@@ -332,15 +327,38 @@ QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, _
                                                               _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
                                             _mm256_set1_epi32(3));
         const __m256i s32 = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
-        _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(ql_fp16_avx2(b)), _mm256_cvtepi32_ps(s32)));
+        const __m128i s16 = _mm_packs_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+        *d = ql_fp16_avx2(b);
+        return _mm_packs_epi16(s16, s16);
+    }
+    }
+}
+
+QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, __m256 *mlo, __m256 *mhi)
+{
+    float d;
+    const __m128i sc = ql_ksub_avx2(QT, b, &d);
+    const __m256 dv = _mm256_set1_ps(d);
+    if (QT == BLK_Q4_K || QT == BLK_Q5_K || QT == BLK_IQ4_XS) {
+        _mm256_store_ps(dl, _mm256_mul_ps(dv, ql_i8x8_ps(sc)));
+        if (QT != BLK_IQ4_XS) {     /* the mins: blk_k4_min's bits, as the scales' from bytes 8, 12 */
+            const uint32_t u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
+            const uint64_t mns = (u1 & 0x3F3F3F3Fu)
+                                 | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
+            *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mns)));
+        }
         return;
     }
-    }
-    const __m256 dv = _mm256_set1_ps(d), lo = _mm256_mul_ps(dv, ql_i8x8_ps(sc)),
-                 hi = _mm256_mul_ps(dv, ql_i8x8_ps(_mm_srli_si128(sc, 8)));
+    const __m256 lo = _mm256_mul_ps(dv, ql_i8x8_ps(sc)), hi = _mm256_mul_ps(dv, ql_i8x8_ps(_mm_srli_si128(sc, 8)));
     _mm256_store_ps(dl, lo);
     _mm256_store_ps(dl + 8, hi);
-    if (QL_OFFSET(QT)) {
+    if (QT == BLK_Q2_K) {           /* the mins: the high nibbles */
+        const __m128i mins = ql_evens_odds(_mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)b), 4),
+                                                         _mm_set1_epi8(15)));
+        const __m256 ndmin = _mm256_set1_ps(-ql_fp16_avx2(b + 82));
+        *mlo = _mm256_mul_ps(ndmin, ql_u8x8_ps(mins));
+        *mhi = _mm256_mul_ps(ndmin, ql_u8x8_ps(_mm_srli_si128(mins, 8)));
+    } else {                        /* Q3_K's and Q6_K's offsets */
         *mlo = _mm256_mul_ps(_mm256_set1_ps((float)QL_OFFSET(QT)), lo);
         *mhi = _mm256_mul_ps(_mm256_set1_ps((float)QL_OFFSET(QT)), hi);
     }
@@ -787,31 +805,46 @@ QL_AVX2_INLINE void ql_gemm_step(const int ISA, __m256i *acc, const int32_t *wp,
 }
 
 /* ---- the prefill path's integer GEMM (see ql_gemm_pack): one tile, out[:T, :R] (+)= R <= 6 panel rows
- * (w: int16 in QL_ORDER, stride k; dl, m: per chunk, stride nc) x 16 packed activation rows over kc columns;
- * the first block of k stores (+ beta * out), the later ones add to out. */
-QL_AVX2_INLINE void ql_gemm_tile_avx2(const int ISA, const int32_t *xp, const float *dp, const float *sp,
-                                      const int16_t *w, size_t k, const float *dl, const float *m, size_t nc, int kc,
+ * (w: int16 in QL_ORDER, stride k; d per block of B elements, stride ld; m per MINS elements, stride lm) x 16
+ * packed activation rows (pairs xp, d_a per chunk dp, s_a per chunk s32 and per half chunk s16) over kc
+ * columns; the first block of k stores (+ beta * out), the later ones add to out. */
+QL_AVX2_INLINE void ql_gemm_tile_avx2(const int ISA, const int B, const int SPAN, const int MINS, const int32_t *xp,
+                                      const float *dp, const float *s32, const float *s16, const int16_t *w,
+                                      size_t k, const float *d, size_t ld, const float *m, size_t lm, int kc,
                                       float *out, int ld_out, int T, float beta, int first, const int R)
 {
     __m256 f[QL_GEMM_MR][2];
     for (int i = 0; i < R; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
-    for (int c = 0; c < kc / 32; c++, xp += 16 * 16, dp += 16, sp += 16) {
-        __m256i acc[QL_GEMM_MR][2];
-        for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-        for (int p = 0; p < 16; p++) {
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xp + 16 * p)),
-                          x1 = _mm256_loadu_si256((const __m256i *)(xp + 16 * p + 8));
-            for (int i = 0; i < R; i++) ql_gemm_step(ISA, acc[i], (const int32_t *)(w + i * k + 32 * c + 2 * p), x0, x1);
+    for (int blk = 0; blk < kc / B; blk++) {
+        __m256 fb[QL_GEMM_MR][2];       /* the block's integer sums, as floats */
+        for (int sp = 0; sp < B / SPAN; sp++) {
+            __m256i acc[QL_GEMM_MR][2];
+            for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+            for (int pp = 0; pp < SPAN / 2; pp++) {
+                const int p = blk * B / 2 + sp * SPAN / 2 + pp;
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xp + 16 * p)),
+                              x1 = _mm256_loadu_si256((const __m256i *)(xp + 16 * p + 8));
+                for (int i = 0; i < R; i++) ql_gemm_step(ISA, acc[i], (const int32_t *)(w + i * k + 2 * p), x0, x1);
+            }
+            for (int i = 0; i < R; i++)
+                for (int h = 0; h < 2; h++)
+                    fb[i][h] = sp ? _mm256_add_ps(fb[i][h], _mm256_cvtepi32_ps(acc[i][h]))
+                                  : _mm256_cvtepi32_ps(acc[i][h]);
         }
-        const __m256 d0 = _mm256_loadu_ps(dp), d1 = _mm256_loadu_ps(dp + 8);
+        const float *da = dp + 16 * (blk * B / 32);     /* the activations' scale: that of the block's chunks */
+        const __m256 d0 = _mm256_loadu_ps(da), d1 = _mm256_loadu_ps(da + 8);
         for (int i = 0; i < R; i++) {
-            const __m256 dlb = _mm256_broadcast_ss(dl + i * nc + c);
-            f[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(d0, dlb), f[i][0]);
-            f[i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(d1, dlb), f[i][1]);
-            if (m) {
-                const __m256 mb = _mm256_broadcast_ss(m + i * nc + c);
-                f[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(sp), mb, f[i][0]);
-                f[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(sp + 8), mb, f[i][1]);
+            const __m256 db = _mm256_broadcast_ss(d + i * ld + blk);
+            f[i][0] = _mm256_fmadd_ps(fb[i][0], _mm256_mul_ps(d0, db), f[i][0]);
+            f[i][1] = _mm256_fmadd_ps(fb[i][1], _mm256_mul_ps(d1, db), f[i][1]);
+        }
+        for (int u = 0; MINS && u < B / MINS; u++) {
+            const float *sa = MINS == 16 ? s16 + 16 * (blk * B / 16 + u) : s32 + 16 * (blk * B / 32 + u);
+            const __m256 sa0 = _mm256_loadu_ps(sa), sa1 = _mm256_loadu_ps(sa + 8);
+            for (int i = 0; i < R; i++) {
+                const __m256 mb = _mm256_broadcast_ss(m + i * lm + blk * (B / MINS) + u);
+                f[i][0] = _mm256_fmadd_ps(sa0, mb, f[i][0]);
+                f[i][1] = _mm256_fmadd_ps(sa1, mb, f[i][1]);
             }
         }
     }
@@ -827,30 +860,33 @@ QL_AVX2_INLINE void ql_gemm_tile_avx2(const int ISA, const int32_t *xp, const fl
     }
 }
 
-/* out (n, rows) (+ beta * out) = the activations packed at xpk (ql_gemm_pack) times the panel (ql_panel_ints_t's
- * rows: the int16, then dl, then m if has_m). k in blocks of QL_GEMM_KC, then tiles of 6 weight rows, then the
- * blocks of 16 activation rows: a tile's weight rows stay in L1 across them, the block of x in L2. */
-QL_AVX2_INLINE void ql_gemm_avx2_t(const int ISA, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows,
-                                   int has_m, float *out, int ld_out, float beta)
+/* out (n, rows) (+ beta * out) = the activations packed at xpk (ql_gemm_pack) times the panel of a format of B,
+ * SPAN, MINS (ql_panel_ints_t's rows: the int16, then d per block, then m per MINS elements). k in blocks of
+ * QL_GEMM_KC, then tiles of 6 weight rows, then the blocks of 16 activation rows: a tile's weight rows stay in
+ * L1 across them, the block of x in L2. */
+QL_AVX2_INLINE void ql_gemm_avx2_t(const int ISA, const int B, const int SPAN, const int MINS, const uint8_t *xpk,
+                                   int n, int k, const uint8_t *panel, int rows, float *out, int ld_out, float beta)
 {
     const int nb = (n + 15) / 16;
-    const size_t nc = (size_t)k / 32;
+    const size_t nc = (size_t)k / 32, ld = (size_t)k / B, lm = MINS ? (size_t)k / MINS : 0;
     const int32_t *pairs = (const int32_t *)xpk;
-    const float *dp = (const float *)(xpk + (size_t)nb * 16 * k * 2), *sp = dp + (size_t)nb * 16 * nc;
+    const float *dp = (const float *)(xpk + (size_t)nb * 16 * k * 2), *s32 = dp + (size_t)nb * 16 * nc,
+                *s16 = s32 + (size_t)nb * 16 * nc;
     const int16_t *wq = (const int16_t *)panel;
-    const float *dl = (const float *)(panel + (size_t)rows * k * 2), *m = has_m ? dl + (size_t)rows * nc : 0;
+    const float *d = (const float *)(panel + (size_t)rows * k * 2), *m = d + (size_t)rows * ld;
     for (int k0 = 0; k0 < k; k0 += QL_GEMM_KC) {
         const int kc = k - k0 < QL_GEMM_KC ? k - k0 : QL_GEMM_KC, first = k0 == 0;
         const size_t c0 = (size_t)k0 / 32;
         for (int r = 0; r < rows; r += QL_GEMM_MR) {
             const int16_t *wr = wq + (size_t)r * k + k0;
-            const float *dr = dl + r * nc + c0, *mr = m ? m + r * nc + c0 : 0;
+            const float *dr = d + r * ld + k0 / B, *mr = MINS ? m + r * lm + k0 / MINS : 0;
             for (int jb = 0; jb < nb; jb++) {
                 const int T = n - 16 * jb < 16 ? n - 16 * jb : 16;
                 const int32_t *xt = pairs + ((size_t)jb * (k / 2) + k0 / 2) * 16;
-                const float *dt = dp + ((size_t)jb * nc + c0) * 16, *st = sp + ((size_t)jb * nc + c0) * 16;
+                const size_t o32 = ((size_t)jb * nc + c0) * 16;
                 float *o = out + (size_t)16 * jb * ld_out + r;
-#define QL_TILE(RC) ql_gemm_tile_avx2(ISA, xt, dt, st, wr, k, dr, mr, nc, kc, o, ld_out, T, beta, first, RC)
+#define QL_TILE(RC) ql_gemm_tile_avx2(ISA, B, SPAN, MINS, xt, dp + o32, s32 + o32, s16 + 2 * o32, wr, k, dr, ld,  \
+                                      mr, lm, kc, o, ld_out, T, beta, first, RC)
                 switch (rows - r < QL_GEMM_MR ? rows - r : QL_GEMM_MR) {
                 case 6: QL_TILE(6); break;
                 case 5: QL_TILE(5); break;
@@ -865,66 +901,85 @@ QL_AVX2_INLINE void ql_gemm_avx2_t(const int ISA, const uint8_t *xpk, int n, int
     }
 }
 
-/* ql_gemm_<level>: the GEMM for each SIMD level of the integer dots. */
-#define X(SUFFIX, ISA)                                                                                         \
-QL_AVX2 static void ql_gemm_##SUFFIX(const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows, int has_m, \
-                                    float *out, int ld_out, float beta)                                        \
-{ ql_gemm_avx2_t(ISA, xpk, n, k, panel, rows, has_m, out, ld_out, beta); }
-X(avx2, FL_ISA_AVX2) X(avx_vnni, FL_ISA_AVX_VNNI) X(avx512_vnni, FL_ISA_AVX512_VNNI)
+/* The formats' (block, span, elements per min), and ql_gemm_<block>_<span>_<mins>_<level>: the GEMM of each at
+ * each SIMD level of the integer dots. */
+#define QL_GEMM_CONFIGS(X) X(32, 32, 0) X(32, 32, 32) X(256, 256, 0) X(256, 256, 16) X(256, 64, 32) X(256, 32, 32) \
+                           X(256, 16, 0)
+#define QL_GEMM_ISA(B, S, M, SUFFIX, ISA)                                                                      \
+QL_AVX2 static void ql_gemm_##B##_##S##_##M##_##SUFFIX(const uint8_t *xpk, int n, int k, const uint8_t *panel,      \
+                                                     int rows, float *out, int ld_out, float beta)             \
+{ ql_gemm_avx2_t(ISA, B, S, M, xpk, n, k, panel, rows, out, ld_out, beta); }
+#define X(B, S, M) QL_GEMM_ISA(B, S, M, avx2, FL_ISA_AVX2) QL_GEMM_ISA(B, S, M, avx_vnni, FL_ISA_AVX_VNNI)       \
+                   QL_GEMM_ISA(B, S, M, avx512_vnni, FL_ISA_AVX512_VNNI)
+QL_GEMM_CONFIGS(X)
 #undef X
+#undef QL_GEMM_ISA
 
-static void ql_gemm(int isa, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows, int has_m,
+static void ql_gemm(int qtype, int isa, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows,
                     float *out, int ld_out, float beta)
 {
-    (isa == FL_ISA_AVX512_VNNI ? ql_gemm_avx512_vnni : isa == FL_ISA_AVX_VNNI ? ql_gemm_avx_vnni : ql_gemm_avx2)(
-        xpk, n, k, panel, rows, has_m, out, ld_out, beta);
+    const int b = BLK_ELEMS(qtype), s = QL_GEMM_SPAN(qtype), m = QL_GEMM_MINS(qtype);
+#define X(B, S, M)                                                                                             \
+    if (b == B && s == S && m == M) {                                                                          \
+        (isa == FL_ISA_AVX512_VNNI ? ql_gemm_##B##_##S##_##M##_avx512_vnni                                      \
+         : isa == FL_ISA_AVX_VNNI ? ql_gemm_##B##_##S##_##M##_avx_vnni : ql_gemm_##B##_##S##_##M##_avx2)(         \
+            xpk, n, k, panel, rows, out, ld_out, beta);                                                        \
+        return;                                                                                                \
+    }
+    QL_GEMM_CONFIGS(X)
+#undef X
 }
 
 /* rows of w (stride row_bytes) of constant type QT -> the GEMM's panel: their integers as blk_chunk gives them
- * (ql_ints_avx2's plus the constant offsets QL_OFFSET: one add per 16 here saves the GEMM a term), in QL_ORDER,
- * rows x k int16; then per row and chunk its scale dl; then, for the formats with mins, its min m, to be
- * multiplied by the activations' sums. */
+ * (ql_ints_avx2's plus the constant offsets QL_OFFSET), times their sub-scales for the 256-element formats, in
+ * QL_ORDER, rows x k int16; then per row and block its d; then, for the formats with mins, per row its mins
+ * (-dmin * min, or Q4_1's and Q5_1's m, per QL_GEMM_MINS elements). */
 QL_AVX2_INLINE void ql_panel_ints_t(const int QT, const uint8_t *w, size_t row_bytes, int rows, int k,
                                     uint8_t *panel)
 {
-    const int G = QL_GROUP(QT);
-    const size_t nc = (size_t)k / 32;
+    const int G = QL_GROUP(QT), nblk = k / BLK_ELEMS(QT);
+    const size_t lm = QL_GEMM_MINS(QT) ? (size_t)k / QL_GEMM_MINS(QT) : 0;
     int16_t *wq = (int16_t *)panel;
-    float *dl = (float *)(panel + (size_t)rows * k * 2), *m = dl + (size_t)rows * nc;
+    float *d = (float *)(panel + (size_t)rows * k * 2), *m = d + (size_t)rows * nblk;
     const __m256i offset = _mm256_set1_epi16(QL_OFFSET(QT));
     for (int r = 0; r < rows; r++) {
         const uint8_t *b = w + (size_t)r * row_bytes;
         int16_t *q = wq + (size_t)r * k;
-        float *dr = dl + r * nc, *mr = m + r * nc;
-        if (BLK_ELEMS(QT) == 32) {
-            for (int c = 0; c < k / 32; c++, b += BLK_BYTES(QT), q += 32) {
+        float *dr = d + (size_t)r * nblk, *mr = m + r * lm;
+        for (int blk = 0; blk < nblk; blk++, b += BLK_BYTES(QT), q += BLK_ELEMS(QT)) {
+            if (BLK_ELEMS(QT) == 32) {
                 __m256i wi[2];
                 ql_ints_avx2(QT, b, 0, wi);
                 _mm256_storeu_si256((__m256i *)q, _mm256_add_epi16(wi[0], offset));
                 _mm256_storeu_si256((__m256i *)(q + 16), _mm256_add_epi16(wi[1], offset));
-                dr[c] = ql_fp16_avx2(b);
-                if (BLK_HAS_MIN(QT)) mr[c] = ql_fp16_avx2(b + 2);
+                dr[blk] = ql_fp16_avx2(b);
+                if (BLK_HAS_MIN(QT)) mr[blk] = ql_fp16_avx2(b + 2);
+                continue;
             }
-            continue;
-        }
-        for (int blk = 0; blk < k / 256; blk++, b += BLK_BYTES(QT), q += 256) {
-            __attribute__((aligned(32))) float dlb[16], mb[16];
-            __m256 mlo = _mm256_setzero_ps(), mhi = mlo;
-            ql_kscales_avx2(QT, b, dlb, &mlo, &mhi);
-            _mm256_store_ps(mb, mlo);
-            _mm256_store_ps(mb + 8, mhi);
+            __attribute__((aligned(16))) int8_t sc[16];
+            _mm_store_si128((__m128i *)sc, ql_ksub_avx2(QT, b, dr + blk));
+            if (BLK_HAS_MIN(QT)) {      /* the mins, as ql_kscales_avx2 rounds them (its dl unused) */
+                __attribute__((aligned(32))) float dl[16], mb[16];
+                __m256 mlo = _mm256_setzero_ps(), mhi = mlo;
+                ql_kscales_avx2(QT, b, dl, &mlo, &mhi);
+                _mm256_store_ps(mb, mlo);
+                _mm256_store_ps(mb + 8, mhi);
+                for (int u = 0; u < 256 / QL_GEMM_MINS(QT); u++)    /* Q2_K: half h of chunk c at 2 c + h */
+                    mr[blk * (256 / QL_GEMM_MINS(QT)) + u] = BLK_SPLIT(QT) ? mb[(u & 1) * 8 + (u >> 1)] : mb[u];
+            }
             for (int g = 0; g < 8 / G; g++) {
                 __m256i wi[8];
                 ql_ints_avx2(QT, b, g, wi);
                 for (int i = 0; i < G; i++) {
-                    _mm256_storeu_si256((__m256i *)(q + 32 * (G * g + i)), _mm256_add_epi16(wi[2 * i], offset));
-                    _mm256_storeu_si256((__m256i *)(q + 32 * (G * g + i) + 16),
-                                        _mm256_add_epi16(wi[2 * i + 1], offset));
+                    const int c = G * g + i;
+                    /* in QL_ORDER lanes 0-7 of both vectors hold the chunk's first half, 8-15 its second */
+                    const __m256i s = BLK_SPLIT(QT)
+                                          ? _mm256_setr_m128i(_mm_set1_epi16(sc[c]), _mm_set1_epi16(sc[8 + c]))
+                                          : _mm256_set1_epi16(sc[c]);
+                    for (int h = 0; h < 2; h++)
+                        _mm256_storeu_si256((__m256i *)(q + 32 * c + 16 * h),
+                                            _mm256_mullo_epi16(_mm256_add_epi16(wi[2 * i + h], offset), s));
                 }
-            }
-            for (int c = 0; c < 8; c++) {
-                dr[8 * blk + c] = dlb[c];
-                if (BLK_HAS_MIN(QT)) mr[8 * blk + c] = mb[c];
             }
         }
     }
@@ -932,11 +987,8 @@ QL_AVX2_INLINE void ql_panel_ints_t(const int QT, const uint8_t *w, size_t row_b
 #define X(T)                                                                                                   \
 QL_AVX2 static void ql_panel_ints_avx2_##T(const uint8_t *w, size_t row_bytes, int rows, int k, uint8_t *panel) \
 { ql_panel_ints_t(BLK_##T, w, row_bytes, rows, k, panel); }
-X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q8_0) X(Q4_K) X(Q5_K) X(IQ4_NL) X(IQ4_XS)
+BLK_QUANT_TYPES(X)
 #undef X
-#define ql_panel_ints_avx2_Q2_K 0   /* the 16-element sub-block formats keep the float panels */
-#define ql_panel_ints_avx2_Q3_K 0
-#define ql_panel_ints_avx2_Q6_K 0
 #define QL_AVX2_INTS(T) ql_panel_ints_avx2_##T
 
 #else  /* not x86: no AVX2 kernels (fl_cpu_isa() is FL_ISA_PORTABLE), the vectorized decoders are the portable */
@@ -952,7 +1004,7 @@ static void ql_quant_row_avx2(const float *x, int k, int group, int16_t *q, floa
 static void ql_small_f16_avx2(const float *x, int n, int k, const uint8_t *w, int rows, float *out, int ld_out,
                               float beta) {}
 #define QL_AVX2_INTS(T) 0
-static void ql_gemm(int isa, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows, int has_m,
+static void ql_gemm(int qtype, int isa, const uint8_t *xpk, int n, int k, const uint8_t *panel, int rows,
                     float *out, int ld_out, float beta) {}
 
 #endif
@@ -1000,11 +1052,10 @@ static void ql_quant_rows(const float *x, int n, int k, int group, int16_t *q, f
 static void ql_gemm_rows(int qtype, int isa, const uint8_t *xpk, int n, int k, const uint8_t *w, size_t row_bytes,
                          int rows, int panel_rows, float *out, int ld_out, float beta, uint8_t *panel)
 {
-    const int has_m = BLK_HAS_MIN(qtype);
     for (int p0 = 0; p0 < rows; p0 += panel_rows) {
         const int pr = rows - p0 < panel_rows ? rows - p0 : panel_rows;
         BLK_TRAITS[qtype].ints_avx2(w + (size_t)p0 * row_bytes, row_bytes, pr, k, panel);
-        ql_gemm(isa, xpk, n, k, panel, pr, has_m, out + p0, ld_out, beta);
+        ql_gemm(qtype, isa, xpk, n, k, panel, pr, out + p0, ld_out, beta);
     }
 }
 

@@ -2,8 +2,8 @@
 gguf package making the blocks (its quantizers) and decoding them (ggml's reference dequantizers).
 
 Error bounds, per output element out[j, i] = x_j . w_i (w_i the dequantized row):
-  - float paths (F16 at any N, every type from DEC_N_MIN to PANEL_N_MIN, and from PANEL_N_MIN on the types
-    outside GEMM_TYPES and every type without SIMD): float32 accumulation,
+  - float paths (F16 at any N, every type from DEC_N_MIN to PANEL_N_MIN, and from PANEL_N_MIN on every type
+    without SIMD): float32 accumulation,
     |err| <= FLOAT_TOL * ||x_j|| * ||w_i||, and ||out - ref|| / ||ref|| <= FLOAT_TOL.
   - int16-activation paths (every block type at N < DEC_N_MIN; GEMM_TYPES from PANEL_N_MIN on, with SIMD: the
     integer GEMM): each activation group of g elements (g = 32,
@@ -199,10 +199,10 @@ def test_set_isa_rejects_levels_the_cpu_lacks():
             _qlinear.set_isa(isa)
 
 
-@pytest.mark.parametrize("qtype", [10, 11, Q6_K, 23, Q8_0], ids=NAMES.get)
+@pytest.mark.parametrize("qtype", [10, 11, Q4_K, 13, Q6_K, 23, Q8_0], ids=NAMES.get)
 def test_extreme_blocks_stay_exact(qtype, simd):
-    """The largest integers a block can hold (sub-scales times values: Q6_K's -128 x -32 = 4096) against the
-    largest activations: the int32 sums must not overflow."""
+    """The largest integers a block can hold (sub-scales times values, which the integer GEMM multiplies out:
+    Q6_K's -128 x -32 = 4096) against the largest activations: the int32 sums must not overflow."""
     be, bs = BLOCKS[qtype]
     k = 512
     raw = np.zeros((4, k // be, bs), np.uint8)
@@ -214,6 +214,9 @@ def test_extreme_blocks_stay_exact(qtype, simd):
     elif qtype == 10:                                   # Q2_K: scale 15, min 15, q = 3
         raw[..., 0:16], raw[..., 16:80] = 0xFF, 0xFF
         raw[..., 80:84] = np.tile(np.array([1e-3], np.float16).view(np.uint8), 2)
+    elif qtype in (Q4_K, 13):                           # Q4_K / Q5_K: scales and mins 63, q = 15 / 31
+        raw[..., 4:] = 0xFF
+        raw[..., 0:4] = np.tile(np.array([1e-3], np.float16).view(np.uint8), 2)
     elif qtype == 23:                                   # IQ4_XS: scales 31 - 32 ... levels -127
         raw[..., 2:8] = 0x00
         raw[..., 0:2] = np.array([1e-3], np.float16).view(np.uint8)
