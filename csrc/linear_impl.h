@@ -145,6 +145,23 @@ static void lin_gemm_pack_x(const float *x, int n, int k, float *xp)
     }
 }
 
+/* A tile's sums acc[i] (weight row i, activation rows 0-7 and 8-15) into out[:T, :R]: stored (+ beta * out)
+ * for the first block of k, added to out for the later ones. */
+LIN_AVX2_INLINE void lin_gemm_store_avx2(__m256 (*acc)[2], float *out, int ld_out, int T, float beta, int first,
+                                         const int R)
+{
+    float v[LIN_GEMM_MR][16];
+    for (int i = 0; i < R; i++) {
+        _mm256_storeu_ps(v[i], acc[i][0]);
+        _mm256_storeu_ps(v[i] + 8, acc[i][1]);
+    }
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * ld_out;
+        for (int i = 0; i < R; i++)
+            o[i] = !first ? o[i] + v[i][t] : beta != 0.0f ? v[i][t] + beta * o[i] : v[i][t];
+    }
+}
+
 /* out[:T, :R] (+)= the tile of R <= 6 weight rows w (stride k) x 16 packed activation rows over kc columns;
  * the first block of k stores acc (+ beta * out), the later ones add to out. */
 LIN_AVX2_INLINE void lin_gemm_tile_avx2(const float *xp, const float *w, size_t k, int kc, float *out, int ld_out,
@@ -160,16 +177,7 @@ LIN_AVX2_INLINE void lin_gemm_tile_avx2(const float *xp, const float *w, size_t 
             acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
         }
     }
-    float v[LIN_GEMM_MR][16];
-    for (int i = 0; i < R; i++) {
-        _mm256_storeu_ps(v[i], acc[i][0]);
-        _mm256_storeu_ps(v[i] + 8, acc[i][1]);
-    }
-    for (int t = 0; t < T; t++) {
-        float *o = out + (size_t)t * ld_out;
-        for (int i = 0; i < R; i++)
-            o[i] = !first ? o[i] + v[i][t] : beta != 0.0f ? v[i][t] + beta * o[i] : v[i][t];
-    }
+    lin_gemm_store_avx2(acc, out, ld_out, T, beta, first, R);
 }
 
 __attribute__((target("avx2,fma")))

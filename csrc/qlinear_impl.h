@@ -2,7 +2,7 @@
  * with w in a GGUF block format (ggml_blocks.h). qlinear.pyx splits w's rows across the threads; the formats'
  * table (ggml_types.h, included at the end) points at the kernels here, one per format and SIMD level.
  *
- * Three paths:
+ * Four paths:
  *   - integer (every quantized format, n up to the table's int_n_max): the activation rows are quantized once
  *     per call to int16 with a float scale d = max|x| / 32767 per group of 32 elements, or of 256 for the
  *     256-element formats (round to nearest: each element moves by at most d / 2), in the order the kernels
@@ -15,8 +15,11 @@
  *   - F16 (n below DEC_N_MIN): float activations, F16C conversion of the weights, FMA.
  *   - decode-and-dot (every format past int_n_max; F16 without AVX2): 4 rows at a time are dequantized into a
  *     per-thread float buffer (L1) and handed to linear_impl.h's small-batch float kernels.
- * The panel path of large n (prefill) lives in qlinear_core.pxi: ql_decode_rows() below into a float panel,
- * then linear_impl.h's GEMM (sgemm without AVX2).
+ *   - integer GEMM (every quantized format, n from PANEL_N_MIN on, AVX2 and above): the same int16 activations
+ *     packed once per call (ql_gemm_pack), panels of weight rows unpacked to int16 with the sub-scales
+ *     multiplied in (ql_panel_ints_t), a 6 x 16 register block (ql_gemm_avx2_t).
+ * The float panel path of large n (F16; every format without AVX2) lives in qlinear_core.pxi: ql_decode_rows()
+ * below into a float panel, then linear_impl.h's GEMM (sgemm without AVX2).
  *
  * Register blocks (AVX2): integer path, 32-element formats 4 weight rows x up to QL_JMAX = 4 activation rows
  * (the 4 rows' chunk sums folded into one vector, one float accumulator per activation row), 256-element formats
@@ -133,12 +136,13 @@ BLK_QUANT_TYPES(X)
  * -128 x -32), so the float scales left are one per block of the format, d (x the activations' d_a), and the
  * mins m per sub-block (x the activations' sums s_a):
  *   out[t, r] = sum over blocks b of d_a[t, b] d[r, b] I[t, r, b] + sum over sub-blocks u of m[r, u] s_a[t, u],
- * I the exact dot of the block, summed in int32 over spans of QL_GEMM_SPAN(qt) elements (as long as 32768 times
- * the largest integer times the span stays within 2^31) and in float32 across spans.
+ * I the exact dot of the block, summed in int32 over spans of QL_GEMM_SPAN(qt) elements (the longest for which
+ * 32767, the largest activation, times the largest integer times the span stays below 2^31; only a NaN's -32768
+ * could reach it, for Q6_K) and in float32 across spans.
  * madd sums int16 pairs, so the register block is 6 weight rows x 16 activation rows, a pair of k at a time:
  * two loads of packed x (16 rows' pairs as int32 words) and 6 broadcasts of the weight rows' pairs for 12 madds
  * and 12 adds (or 12 vpdpwssd), 192 multiply-adds where float32 FMAs do 96 in as many operations. */
-#define QL_GEMM_MR 6
+#define QL_GEMM_MR LIN_GEMM_MR     /* 6: the float GEMM's, whose tile store it shares */
 #define QL_GEMM_KC 512      /* k per block: 16 activation rows' pairs (16 KB) and 6 weight rows (6 KB) in L1 */
 #define QL_GEMM_SPAN(qt) ((qt) == BLK_Q2_K || (qt) == BLK_Q3_K ? 256 : (qt) == BLK_Q4_K ? 64                      \
                           : (qt) == BLK_Q6_K || (qt) == BLK_IQ4_XS ? 16 : 32)
@@ -848,16 +852,7 @@ QL_AVX2_INLINE void ql_gemm_tile_avx2(const int ISA, const int B, const int SPAN
             }
         }
     }
-    float v[QL_GEMM_MR][16];
-    for (int i = 0; i < R; i++) {
-        _mm256_storeu_ps(v[i], f[i][0]);
-        _mm256_storeu_ps(v[i] + 8, f[i][1]);
-    }
-    for (int t = 0; t < T; t++) {
-        float *o = out + (size_t)t * ld_out;
-        for (int i = 0; i < R; i++)
-            o[i] = !first ? o[i] + v[i][t] : beta != 0.0f ? v[i][t] + beta * o[i] : v[i][t];
-    }
+    lin_gemm_store_avx2(f, out, ld_out, T, beta, first, R);
 }
 
 /* out (n, rows) (+ beta * out) = the activations packed at xpk (ql_gemm_pack) times the panel of a format of B,

@@ -237,7 +237,7 @@ def test_extreme_blocks_stay_exact(qtype, simd):
 @pytest.mark.parametrize("n", [1, 8, 130])
 def test_one_and_two_threads_agree(qtype, n):
     """Each output row is computed whole by one thread: the row kernels (decode, small batches) and the AVX2
-    GEMM of the prefill panels give the same bits on any thread count. The portable prefill path hands panels
+    GEMMs of the prefill panels (integer, and float for F16) give the same bits on any thread count. The portable prefill path hands panels
     of rows to sgemm, and how the rows are split into panels follows the threads; some BLAS builds (OpenBLAS
     0.3.30's Haswell kernels on AMD Zen, seen here) round an element differently with the panel's height, so
     there the two agree to float32 rounding."""
