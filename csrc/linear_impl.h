@@ -145,6 +145,18 @@ static void lin_gemm_pack_x(const float *x, int n, int k, float *xp)
     }
 }
 
+/* TILE(R) for the rows left (of a matrix or panel), R = min(left, LIN_GEMM_MR) as a constant, so that the
+ * tile's loops over its rows unroll (also qlinear_impl.h's integer GEMM). */
+#define LIN_GEMM_TILES(left, TILE)                                                                             \
+    switch ((left) < LIN_GEMM_MR ? (left) : LIN_GEMM_MR) {                                                      \
+    case 6: TILE(6); break;                                                                                    \
+    case 5: TILE(5); break;                                                                                    \
+    case 4: TILE(4); break;                                                                                    \
+    case 3: TILE(3); break;                                                                                    \
+    case 2: TILE(2); break;                                                                                    \
+    default: TILE(1); break;                                                                                   \
+    }
+
 /* A tile's sums acc[i] (weight row i, activation rows 0-7 and 8-15) into out[:T, :R]: stored (+ beta * out)
  * for the first block of k, added to out for the later ones. */
 LIN_AVX2_INLINE void lin_gemm_store_avx2(__m256 (*acc)[2], float *out, int ld_out, int T, float beta, int first,
@@ -194,14 +206,9 @@ static void lin_gemm_f32_avx2(const float *xp, int n, int k, const float *w, int
                 const int T = n - 16 * jb < 16 ? n - 16 * jb : 16;
                 const float *xt = xb + (size_t)jb * kc * 16;
                 float *o = out + (size_t)16 * jb * ld_out + r;
-                switch (rows - r < LIN_GEMM_MR ? rows - r : LIN_GEMM_MR) {
-                case 6: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 6); break;
-                case 5: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 5); break;
-                case 4: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 4); break;
-                case 3: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 3); break;
-                case 2: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 2); break;
-                default: lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, 1); break;
-                }
+#define LIN_TILE(RC) lin_gemm_tile_avx2(xt, wr, k, kc, o, ld_out, T, beta, first, RC)
+                LIN_GEMM_TILES(rows - r, LIN_TILE);
+#undef LIN_TILE
             }
         }
     }

@@ -213,11 +213,13 @@ cdef void _parts_pass(const float* xp, const QPart* parts, int nparts, float* op
     cdef uint8_t* packed = act
     cdef int16_t* xq = <int16_t*>act
     cdef float* xd = <float*>(act + _align(n * k * 2))
+    cdef float* xs = <float*>(<uint8_t*>xd + blocks)
+    cdef float* xsl = <float*>(<uint8_t*>xd + 2 * blocks)
+    cdef float* xsh = <float*>(<uint8_t*>xd + 3 * blocks)
     cdef ql_act act_q
-    act_q.q, act_q.d = xq, xd
-    act_q.s, act_q.sl, act_q.sh = xd + blocks // 4, xd + 2 * blocks // 4, xd + 3 * blocks // 4
+    act_q.q, act_q.d, act_q.s, act_q.sl, act_q.sh = xq, xd, xs, xsl, xsh
     if prep > 0:
-        ql_quant_rows(xp, ni, ki, prep, xq, xd, xd + blocks // 4, xd + 2 * blocks // 4, xd + 3 * blocks // 4, simd)
+        ql_quant_rows(xp, ni, ki, prep, xq, xd, xs, xsl, xsh, simd)
         if n >= _panel_min_any:             # every part takes the integer GEMM
             packed = act + _act_bytes(n, k)
             ql_gemm_pack(&act_q, ni, ki, packed)

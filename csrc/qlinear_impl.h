@@ -338,31 +338,38 @@ QL_AVX2_INLINE __m128i ql_ksub_avx2(const int QT, const uint8_t *b, float *d)
     }
 }
 
-QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, __m256 *mlo, __m256 *mhi)
+/* The mins -(dmin * min) of the block at b of a 256-element type with mins: Q4_K's and Q5_K's one per chunk in
+ * mlo; Q2_K's one per half chunk, the first halves' in mlo, the second halves' in mhi. */
+QL_AVX2_INLINE void ql_kmins_avx2(const int QT, const uint8_t *b, __m256 *mlo, __m256 *mhi)
 {
-    float d;
-    const __m128i sc = ql_ksub_avx2(QT, b, &d);
-    const __m256 dv = _mm256_set1_ps(d);
-    if (QT == BLK_Q4_K || QT == BLK_Q5_K || QT == BLK_IQ4_XS) {
-        _mm256_store_ps(dl, _mm256_mul_ps(dv, ql_i8x8_ps(sc)));
-        if (QT != BLK_IQ4_XS) {     /* the mins: blk_k4_min's bits, as the scales' from bytes 8, 12 */
-            const uint32_t u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
-            const uint64_t mns = (u1 & 0x3F3F3F3Fu)
-                                 | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
-            *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mns)));
-        }
-        return;
-    }
-    const __m256 lo = _mm256_mul_ps(dv, ql_i8x8_ps(sc)), hi = _mm256_mul_ps(dv, ql_i8x8_ps(_mm_srli_si128(sc, 8)));
-    _mm256_store_ps(dl, lo);
-    _mm256_store_ps(dl + 8, hi);
-    if (QT == BLK_Q2_K) {           /* the mins: the high nibbles */
+    if (QT == BLK_Q2_K) {           /* the high nibbles of the 16 scale bytes */
         const __m128i mins = ql_evens_odds(_mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)b), 4),
                                                          _mm_set1_epi8(15)));
         const __m256 ndmin = _mm256_set1_ps(-ql_fp16_avx2(b + 82));
         *mlo = _mm256_mul_ps(ndmin, ql_u8x8_ps(mins));
         *mhi = _mm256_mul_ps(ndmin, ql_u8x8_ps(_mm_srli_si128(mins, 8)));
-    } else {                        /* Q3_K's and Q6_K's offsets */
+    } else {                        /* Q4_K, Q5_K: blk_k4_min's bits, as the scales' from bytes 8, 12 */
+        const uint32_t u1 = blk_u32(b + 8), u2 = blk_u32(b + 12);
+        const uint64_t mns = (u1 & 0x3F3F3F3Fu)
+                             | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
+        *mlo = _mm256_mul_ps(_mm256_set1_ps(-ql_fp16_avx2(b + 2)), ql_u8x8_ps(_mm_cvtsi64_si128((long long)mns)));
+    }
+}
+
+QL_AVX2_INLINE void ql_kscales_avx2(const int QT, const uint8_t *b, float *dl, __m256 *mlo, __m256 *mhi)
+{
+    float d;
+    const __m128i sc = ql_ksub_avx2(QT, b, &d);
+    const __m256 dv = _mm256_set1_ps(d);
+    if (BLK_HAS_MIN(QT)) ql_kmins_avx2(QT, b, mlo, mhi);
+    if (QT == BLK_Q4_K || QT == BLK_Q5_K || QT == BLK_IQ4_XS) {
+        _mm256_store_ps(dl, _mm256_mul_ps(dv, ql_i8x8_ps(sc)));
+        return;
+    }
+    const __m256 lo = _mm256_mul_ps(dv, ql_i8x8_ps(sc)), hi = _mm256_mul_ps(dv, ql_i8x8_ps(_mm_srli_si128(sc, 8)));
+    _mm256_store_ps(dl, lo);
+    _mm256_store_ps(dl + 8, hi);
+    if (!BLK_HAS_MIN(QT)) {         /* Q3_K's and Q6_K's offsets */
         *mlo = _mm256_mul_ps(_mm256_set1_ps((float)QL_OFFSET(QT)), lo);
         *mhi = _mm256_mul_ps(_mm256_set1_ps((float)QL_OFFSET(QT)), hi);
     }
@@ -802,7 +809,7 @@ QL_AVX2_INLINE void ql_gemm_step(const int ISA, __m256i *acc, const int32_t *wp,
                 : [a0] "+x"(acc[0]), [a1] "+x"(acc[1]), [b] "=&x"(b), [t] "=&x"(t)
                 : [x0] "x"(x0), [x1] "x"(x1), [w] "m"(*wp));
     else {
-        b = _mm256_set1_epi32(*wp);
+        b = _mm256_set1_epi32((int)blk_u32((const uint8_t *)wp));
         acc[0] = ql_dot_acc(ISA, acc[0], b, x0);
         acc[1] = ql_dot_acc(ISA, acc[1], b, x1);
     }
@@ -882,14 +889,7 @@ QL_AVX2_INLINE void ql_gemm_avx2_t(const int ISA, const int B, const int SPAN, c
                 float *o = out + (size_t)16 * jb * ld_out + r;
 #define QL_TILE(RC) ql_gemm_tile_avx2(ISA, B, SPAN, MINS, xt, dp + o32, s32 + o32, s16 + 2 * o32, wr, k, dr, ld,  \
                                       mr, lm, kc, o, ld_out, T, beta, first, RC)
-                switch (rows - r < QL_GEMM_MR ? rows - r : QL_GEMM_MR) {
-                case 6: QL_TILE(6); break;
-                case 5: QL_TILE(5); break;
-                case 4: QL_TILE(4); break;
-                case 3: QL_TILE(3); break;
-                case 2: QL_TILE(2); break;
-                default: QL_TILE(1); break;
-                }
+                LIN_GEMM_TILES(rows - r, QL_TILE);
 #undef QL_TILE
             }
         }
@@ -953,10 +953,10 @@ QL_AVX2_INLINE void ql_panel_ints_t(const int QT, const uint8_t *w, size_t row_b
             }
             __attribute__((aligned(16))) int8_t sc[16];
             _mm_store_si128((__m128i *)sc, ql_ksub_avx2(QT, b, dr + blk));
-            if (BLK_HAS_MIN(QT)) {      /* the mins, as ql_kscales_avx2 rounds them (its dl unused) */
-                __attribute__((aligned(32))) float dl[16], mb[16];
+            if (BLK_HAS_MIN(QT)) {
+                __attribute__((aligned(32))) float mb[16];
                 __m256 mlo = _mm256_setzero_ps(), mhi = mlo;
-                ql_kscales_avx2(QT, b, dl, &mlo, &mhi);
+                ql_kmins_avx2(QT, b, &mlo, &mhi);
                 _mm256_store_ps(mb, mlo);
                 _mm256_store_ps(mb + 8, mhi);
                 for (int u = 0; u < 256 / QL_GEMM_MINS(QT); u++)    /* Q2_K: half h of chunk c at 2 c + h */
