@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -274,27 +275,33 @@ def _format_file(path: Path, qtype: str) -> Path:
     return target
 
 
-def _bench(model, p: int, n: int, repetitions: int) -> tuple[list[float], list[float]]:
-    """Tokens/s of prefilling p random tokens and of decoding n more greedily, ``repetitions`` times each,
-    after one untimed round (page faults of the mapped weights, first-touch of the buffers)."""
+def _bench_rounds(model, p: int, n: int) -> Iterator[tuple[float, float]]:
+    """Endless rounds of prefilling p random tokens and decoding n more greedily: (pp, tg) tokens/s of each.
+    The first round pays the page faults of the mapped weights and the first touch of the buffers."""
     rng = np.random.default_rng(0)
     cache = model.new_cache(1, p + n)
     ws = model.new_workspace(max(p, 1))
     out = np.empty((1, model.vocab_size), model.dtype)
-    pp, tg = [], []
-    for _ in range(repetitions + 1):
+    while True:
         prompt = rng.integers(0, model.vocab_size, size=(1, p))
         cache.reset()
         start = time.perf_counter()
         model.prefill(prompt, cache, 0, ws, out)
-        pp.append(p / (time.perf_counter() - start))
+        pp = p / (time.perf_counter() - start)
         token = np.array([int(np.argmax(out[0]))])
         start = time.perf_counter()
         for _ in range(n):
             model.decode(token, cache, 0, ws, out)
             token[0] = np.argmax(out[0])
-        tg.append(n / (time.perf_counter() - start))
-    return pp[1:], tg[1:]
+        yield pp, n / (time.perf_counter() - start)
+
+
+def _bench(model, p: int, n: int, repetitions: int) -> tuple[list[float], list[float]]:
+    """pp and tg tokens/s of ``repetitions`` rounds of _bench_rounds, after one untimed round."""
+    rounds = _bench_rounds(model, p, n)
+    next(rounds)
+    timed = [next(rounds) for _ in range(repetitions)]
+    return [pp for pp, _ in timed], [tg for _, tg in timed]
 
 
 def _types(value: str) -> list[str]:
