@@ -507,6 +507,15 @@ QL_AVX2_INLINE __m128 ql_fp16x4(const uint8_t *const *p, int off)
     return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)v));
 }
 
+/* Four 8-lane int32 vectors t[0..3] folded into one by two unpack + add levels: lane i (i < 4) the sum of t[i]'s
+ * lanes 0-3, lane 4 + i that of its lanes 4-7 (one 128-bit half each). */
+QL_AVX2_INLINE __m256i ql_fold4(const __m256i *t)
+{
+    const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(t[0], t[1]), _mm256_unpackhi_epi32(t[0], t[1]));
+    const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(t[2], t[3]), _mm256_unpackhi_epi32(t[2], t[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+}
+
 #ifndef QL_JMAX
 #define QL_JMAX 4           /* activation rows per register block of the integer path */
 #endif
@@ -515,8 +524,8 @@ QL_AVX2_INLINE __m128 ql_fp16x4(const uint8_t *const *p, int off)
  * (+ beta * out). QT and J are constants (rows past R are computed on row 0's blocks, not stored: no branch per
  * row in the loops). Per block: the lines of the rows QL_PF_ROWS further on are prefetched; each weight row's
  * chunk is unpacked to 2 x 16 int16 once and serves the J activation rows; each activation block is loaded once
- * and serves the 4 weight rows. madd: int16 pairs into int32 lanes (|w| <= 128, |q_a| <= 32767). Two unpack +
- * add levels (cheaper than hadd here) fold the 4 rows' 8-lane sums into one vector (lanes r0 r1 r2 r3 | r0 r1
+ * and serves the 4 weight rows. madd: int16 pairs into int32 lanes (|w| <= 128, |q_a| <= 32767). ql_fold4
+ * (cheaper than hadd here) folds the 4 rows' 8-lane sums into one vector (lanes r0 r1 r2 r3 | r0 r1
  * r2 r3), converted and fma'd with (the 4 rows' fp16 d) * d_a into one float accumulator per activation row;
  * the offsets m (Q4_1's and Q5_1's m, Q4_0's and Q5_0's QL_OFFSET * d) add m * s_a, the 4 rows in one xmm fma. */
 QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
@@ -545,9 +554,7 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
             const __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 16));
             __m256i p[4];
             for (int i = 0; i < 4; i++) p[i] = ql_dot_acc(ISA, _mm256_madd_epi16(wi[i][0], a0), wi[i][1], a1);
-            const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
-            const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
-            const __m256i h = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+            const __m256i h = ql_fold4(p);
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw8, _mm256_broadcast_ss(a->d + ib)), _mm256_cvtepi32_ps(h),
                                      acc[j]);
             if (BLK_HAS_MIN(QT) || QL_OFFSET(QT)) corr[j] = _mm_fmadd_ps(m4, _mm_broadcast_ss(a->s + ib), corr[j]);
@@ -562,11 +569,17 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
 
 /* The 256-element formats: out[j * ld_out] for one weight row and J <= QL_JMAX activation rows (+ beta * out).
  * Their activations share one scale d_a per 256 (ql_quant_rows' group), which therefore multiplies a block's
- * sum once: per chunk the exact integer dot is converted and fma'd with its dl into the block's sums, 4 / J
- * independent chains per activation row (an fma's latency). In QL_ORDER a chunk's madd pair sums its first half
- * in the low 128 bits and its second in the high ones, so the 16-element sub-blocks' two dl go in one vector:
- * one conversion and one fma a chunk, as for the others (two of each before: 20 % of Q6_K's time);
- * per block the sums are fma'd with d_a, and the offsets enter as their vector times the activations' sums.
+ * sum once. In QL_ORDER a chunk's madd pair sums its first half in the low 128 bits and its second in the high
+ * ones, so the 16-element sub-blocks' two dl go in one vector. The chunks' exact integer dots are scaled by
+ * their dl in one of two ways:
+ *   - J = 1 (one sequence's decode): per 4 chunks the dots are folded into one vector (ql_fold4: lanes 0-3 the
+ *     chunks' first halves, 4-7 their second halves), so a block takes two conversions and two multiplies by
+ *     its dl (lanes as the folds': for Q4_K, Q5_K, IQ4_XS the halves are added first, then one of each) where
+ *     one per chunk took 15 % (Q5_K: 2 %) of Q2_K-Q6_K's time more on Zen 3, whose two multiply pipes the
+ *     fmas shared with the madds. Its 14 shuffles and 7 adds go to the other pipes.
+ *   - J > 1: the folds' live vectors would spill (30 % slower); per chunk the dot is converted and fma'd with
+ *     its dl into the block's sums, 4 / J independent chains per activation row (an fma's latency).
+ * Per block the sums are fma'd with d_a, and the offsets enter as their vector times the activations' sums.
  * The sub-scales stay out of the integer products: on Zen 3 a vector integer multiply takes the port the madds
  * need, and scaling the integers (mullo, int32 sums per block) measured 20 % (Q4_K) to 50 % (Q6_K) slower.
  * Each weight group is unpacked once (by shifts and masks, no byte-to-word conversions) and serves the J
@@ -575,7 +588,7 @@ QL_AVX2_INLINE void ql_block_avx2(const int ISA, const int QT, const uint8_t *w,
 QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w, size_t row_bytes, int nc,
                                   const ql_act *a, int k, float *out, int ld_out, float beta, const int J)
 {
-    const int G = QL_GROUP(QT), NA = 4 / J;
+    const int G = QL_GROUP(QT), NA = 4 / J, FOLD = J == 1;
     const size_t nb = (size_t)nc;
     __m256 acc[QL_JMAX];
     const int16_t *q = a->q;                    /* the block's activations: row j at q + j * k */
@@ -586,6 +599,7 @@ QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w,
             _mm_prefetch((const char *)((uintptr_t)b + o + QL_PF_ROWS * row_bytes), _MM_HINT_T1);
         __attribute__((aligned(32))) float dl[16];
         __m256 mlo = _mm256_setzero_ps(), mhi = mlo, part[QL_JMAX][4];
+        __m256i dt[4], fold[2];                 /* J = 1: the last 4 chunks' dots; the folds of chunks 0-3, 4-7 */
         ql_kscales_avx2(QT, b, dl, &mlo, &mhi);
         /* the 16-element sub-blocks' dl as lanes (dl[c] | dl[8 + c]) for c < 4 and for c >= 4 (unused otherwise) */
         const __m256 dlo = _mm256_load_ps(dl), dhi = BLK_SPLIT(QT) ? _mm256_load_ps(dl + 8) : dlo;
@@ -594,30 +608,40 @@ QL_AVX2_INLINE void ql_row_k_avx2(const int ISA, const int QT, const uint8_t *w,
             for (int i = 0; i < NA; i++) part[j][i] = _mm256_setzero_ps();
         for (int g = 0; g < 8 / G; g++) {
             __m256i wi[8];
-            __m256 dlv[4];          /* the chunks' dl in every lane; the 16-element sub-blocks': the first half's
-                                       in the low 128 bits, where QL_ORDER puts its sums, the second's high */
             ql_ints_avx2(QT, b, g, wi);
             for (int i = 0; i < G; i++) {
                 const int c = G * g + i;
-                dlv[i] = BLK_SPLIT(QT) ? _mm256_permute_ps(c < 4 ? dl03 : dl47, (c & 3) * 0x55)
-                                       : _mm256_broadcast_ss(dl + c);
-            }
-            for (int i = 0; i < G; i++) {
-                const int c = G * g + i;
+                /* J > 1: the chunk's dl in every lane; the 16-element sub-blocks': the first half's in the low
+                   128 bits, where QL_ORDER puts its sums, the second's high */
+                const __m256 dlv = FOLD ? dlo : BLK_SPLIT(QT) ? _mm256_permute_ps(c < 4 ? dl03 : dl47, (c & 3) * 0x55)
+                                                              : _mm256_broadcast_ss(dl + c);
                 for (int j = 0; j < J; j++) {
                     const int16_t *qc = q + (size_t)j * k + 32 * c;
                     const __m256i a0 = _mm256_loadu_si256((const __m256i *)qc);
                     const __m256i a1 = _mm256_loadu_si256((const __m256i *)(qc + 16));
-                    __m256 *p = &part[j][c % NA];
-                    const __m256i dt = ql_dot_acc(ISA, _mm256_madd_epi16(wi[2 * i], a0), wi[2 * i + 1], a1);
-                    *p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dt), dlv[i], *p);
+                    const __m256i t = ql_dot_acc(ISA, _mm256_madd_epi16(wi[2 * i], a0), wi[2 * i + 1], a1);
+                    if (FOLD) {
+                        dt[c & 3] = t;
+                        if ((c & 3) == 3) fold[c >> 2] = ql_fold4(dt);
+                    } else {
+                        part[j][c % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), dlv, part[j][c % NA]);
+                    }
                 }
             }
         }
         for (int j = 0; j < J; j++) {
             const size_t ib = (size_t)j * nb;
             __m256 sum = part[j][0];
-            for (int i = 1; i < NA; i++) sum = _mm256_add_ps(sum, part[j][i]);
+            if (FOLD && BLK_SPLIT(QT))
+                sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold[1]), dl47,
+                                      _mm256_mul_ps(_mm256_cvtepi32_ps(fold[0]), dl03));
+            else if (FOLD) {        /* the halves added: lane c the dot of chunk c */
+                const __m256i t = _mm256_add_epi32(_mm256_permute2x128_si256(fold[0], fold[1], 0x20),
+                                                   _mm256_permute2x128_si256(fold[0], fold[1], 0x31));
+                sum = _mm256_mul_ps(_mm256_cvtepi32_ps(t), dlo);
+            }
+            else
+                for (int i = 1; i < NA; i++) sum = _mm256_add_ps(sum, part[j][i]);
             acc[j] = _mm256_fmadd_ps(sum, _mm256_broadcast_ss(d + ib), acc[j]);
             if (BLK_SPLIT(QT))          /* Q2_K's mins, Q3_K's and Q6_K's offsets */
                 acc[j] = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(sh + ib), _mm256_fmadd_ps(mlo, _mm256_loadu_ps(s + ib),
