@@ -19,6 +19,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "simd_math.h"
+
 #define ATTN_TK 64           /* keys per tile: S and K^T tiles stay in L1/L2 next to the query tile */
 #define ATTN_ROWS 6          /* query rows per register block: 6 rows x 16 columns = 12 accumulators; the
                                 switches below cover the 1..5 leftover rows */
@@ -41,26 +43,6 @@ static int attn_cpu_has_avx2_fma(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-/* 2^x for x <= 0 (Cephes exp2f polynomial on the fraction, ~2 ulp); 0 below -126, so masked -inf scores
- * give exactly zero weight; NaN stays NaN. */
-ATTN_AVX2_INLINE __m256 attn_exp2_ps(__m256 x)
-{
-    const __m256 lo = _mm256_set1_ps(-126.0f);
-    __m256 keep = _mm256_cmp_ps(x, lo, _CMP_NLT_UQ);
-    x = _mm256_max_ps(lo, x);
-    __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 f = _mm256_sub_ps(x, n);                                          /* in [-0.5, 0.5] */
-    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }
 
 ATTN_AVX2_INLINE float attn_hsum_ps(__m256 v)
@@ -176,7 +158,7 @@ ATTN_AVX2 static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int 
         const __m256 vm = _mm256_set1_ps(m_new);
         __m256 vsum = _mm256_setzero_ps();
         for (int c = 0; c < n8; c += 8) {
-            __m256 p = attn_exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(row + c), vm));
+            __m256 p = fl_exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(row + c), vm));
             _mm256_storeu_ps(row + c, p);
             vsum = _mm256_add_ps(vsum, p);
         }

@@ -224,7 +224,7 @@ cdef class Blocks:
             self._residual(attn, &layer.wo, <const floating*>layer.post_attn_norm, x, xn, n, simd, qscratch)
             rmsnorm_run(x, <const floating*>layer.ffn_norm, self.eps, xn, n, self.d_model)
             _project(xn, &layer.gate_up, gate_up, n, 0, simd, qscratch)
-            gated_run(gate_up, act, n, self.d_ff, self.gelu)
+            gated_run(gate_up, act, n, self.d_ff, self.gelu, simd)
             self._residual(act, &layer.down, <const floating*>layer.post_ffn_norm, x, xn, n, simd, qscratch)
 
     cdef void _residual(self, const floating* inp, const Projection* w, const floating* post_norm,

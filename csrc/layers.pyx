@@ -1,11 +1,19 @@
 # Per-token layers of the transformer block: RMSNorm, RoPE (fused with the Q/K/V split and the write into
 # the K/V cache) and the gated activations (SwiGLU, GeGLU). Each loops over tokens in parallel; the inner
-# loops are plain contiguous arithmetic that the compiler vectorises (layers_core.pxi). Callers validate
+# loops are plain contiguous arithmetic that the compiler vectorises (layers_core.pxi), but for the gated
+# activations' exponentials, which layers_impl.h computes with AVX2 where the CPU has it. Callers validate
 # shapes; the checks here guard the kernels.
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, sqrt, tanh, tanhf
+from libc.math cimport exp, expf, sqrt
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
+
+import os
+
+cdef extern from "cpu_isa.h" nogil:
+    enum:
+        FL_ISA_AVX2
+    int fl_cpu_has(int isa)
 
 ctypedef fused floating:
     float
@@ -17,6 +25,9 @@ cdef tuple _dims(Py_ssize_t* shape, int ndim):
     return tuple([shape[i] for i in range(ndim)])
 
 include "layers_core.pxi"
+
+cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2)
+include "simd_switch.pxi"
 
 
 def rmsnorm(const floating[:, ::1] x, const floating[::1] weight, double eps, floating[:, ::1] out):
@@ -80,4 +91,4 @@ def gated(const floating[:, ::1] gate_up, floating[:, ::1] out, *, bint gelu=Fal
         raise ValueError(f"gated: gate_up {_dims(gate_up.shape, 2)} must be (N, 2f) for out {_dims(out.shape, 2)}")
     if N:
         with nogil:
-            gated_run(&gate_up[0, 0], &out[0, 0], N, f, gelu)
+            gated_run(&gate_up[0, 0], &out[0, 0], N, f, gelu, _simd)

@@ -1,7 +1,11 @@
 # The per-token layers on raw pointers, without the GIL: RMSNorm, RoPE fused with the Q/K/V split and the
-# write into the K/V cache, the gated activations (SwiGLU, GeGLU) and the residual add. Included by layers.pyx (their checked Python entry points) and by
-# blocks.pyx (the fused forward pass); callers have validated every shape and index.
-# Needs: floating (fused float/double), prange, exp, expf, tanh, tanhf, sqrt, memcpy, int64_t.
+# write into the K/V cache, the gated activations (SwiGLU, GeGLU) and the residual add. Included by layers.pyx
+# (their checked Python entry points) and by blocks.pyx (the fused forward pass); callers have validated every
+# shape and index.
+# Needs: floating (fused float/double), prange, exp, expf, sqrt, memcpy, int64_t.
+
+cdef extern from "layers_impl.h" nogil:
+    void ly_gated_row_f32_avx2(const float* gate, const float* up, float* out, Py_ssize_t f, int gelu)
 
 # Below this many elements a parallel region costs more than it saves.
 cdef Py_ssize_t LAYERS_PARALLEL_MIN = 32768
@@ -97,12 +101,15 @@ cdef inline void _head(const floating* x, const floating* bias, const floating* 
             out[2 * j + 1] = a * sin[j] + c * cos[j]
 
 
-cdef void gated_run(const floating* gate_up, floating* out, Py_ssize_t N, Py_ssize_t f, bint gelu) noexcept nogil:
+cdef void gated_run(const floating* gate_up, floating* out, Py_ssize_t N, Py_ssize_t f, bint gelu,
+                    bint simd) noexcept nogil:
     """out (N, f) = act(gate) * up, where gate_up (N, 2f) holds [gate | up] per row; act is silu (SwiGLU) or,
-    with ``gelu``, GELU's tanh approximation (GeGLU)."""
+    with ``gelu``, GELU's tanh approximation (GeGLU). ``simd``: float32 rows on layers_impl.h's AVX2 kernel."""
     cdef Py_ssize_t t
     for t in prange(N, schedule="static", num_threads=1 if N * f < LAYERS_PARALLEL_MIN else 0):
-        if gelu:
+        if floating is float and simd:
+            ly_gated_row_f32_avx2(gate_up + 2 * f * t, gate_up + 2 * f * t + f, out + f * t, f, gelu)
+        elif gelu:
             _geglu_row(gate_up + 2 * f * t, gate_up + 2 * f * t + f, out + f * t, f)
         else:
             _swiglu_row(gate_up + 2 * f * t, gate_up + 2 * f * t + f, out + f * t, f)
@@ -121,14 +128,13 @@ cdef double SQRT_2_OVER_PI = 0.7978845608028654
 
 
 cdef inline void _geglu_row(const floating* gate, const floating* up, floating* out, Py_ssize_t f) noexcept nogil:
+    # 0.5 g (1 + tanh(y)) as g sigmoid(2 y), in double: 1 + tanh(y) cancels for g below -2 (8e-5 relative
+    # at -3.5 with tanhf), the sigmoid does not.
     cdef Py_ssize_t j
-    cdef floating g
+    cdef double g
     for j in range(f):
         g = gate[j]
-        if floating is float:
-            out[j] = 0.5 * g * (1.0 + tanhf(<float>SQRT_2_OVER_PI * (g + 0.044715 * g * g * g))) * up[j]
-        else:
-            out[j] = 0.5 * g * (1.0 + tanh(SQRT_2_OVER_PI * (g + 0.044715 * g * g * g))) * up[j]
+        out[j] = g / (1.0 + exp(-2.0 * SQRT_2_OVER_PI * (g + 0.044715 * g * g * g))) * up[j]
 
 
 cdef void add_run(floating* x, const floating* y, Py_ssize_t N, Py_ssize_t d) noexcept nogil:

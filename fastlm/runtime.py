@@ -32,7 +32,7 @@ if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
 
 from threadpoolctl import ThreadpoolController, threadpool_limits  # noqa: E402  (after the environment)
 
-from . import _attention, _blocks, _linear, _qlinear, _sampling  # noqa: E402
+from . import _attention, _blocks, _layers, _linear, _qlinear, _sampling  # noqa: E402
 from .errors import FastLMValueError  # noqa: E402
 from .validation import check_int  # noqa: E402
 
@@ -129,10 +129,10 @@ def get_num_threads() -> int:
 def set_simd(enabled: bool) -> None:
     """Run the kernels' AVX2/FMA paths (True: the default where the CPU has them) or their portable
     fallbacks (False). ``FASTLM_SIMD=0`` in the environment turns them off at import."""
-    for kernels in (_attention, _blocks, _linear, _qlinear, _sampling):
+    for kernels in (_attention, _blocks, _layers, _linear, _qlinear, _sampling):
         kernels.set_simd(bool(enabled))
 
 
 def simd_enabled() -> bool:
     """True when the AVX2/FMA paths run."""
-    return all(k.simd_enabled() for k in (_attention, _blocks, _linear, _qlinear, _sampling))
+    return all(k.simd_enabled() for k in (_attention, _blocks, _layers, _linear, _qlinear, _sampling))

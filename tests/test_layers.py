@@ -71,8 +71,8 @@ def test_rope_qkv_rejects_positions_past_the_cache(rng):
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
-@pytest.mark.parametrize("N, f", [(1, 3), (17, 1536)])
-def test_gated(dtype, N, f, activation, rng):
+@pytest.mark.parametrize("N, f", [(1, 3), (2, 13), (17, 1536)])
+def test_gated(dtype, N, f, activation, rng, simd):
     gate_up = rng.normal(size=(N, 2 * f)) * 4
     out = np.empty((N, f), dtype)
     _layers.gated(gate_up.astype(dtype), out, gelu=activation == "gelu_tanh")
@@ -80,6 +80,22 @@ def test_gated(dtype, N, f, activation, rng):
     np.testing.assert_allclose(out, act(gate_up[:, :f]) * gate_up[:, f:], **TOL[dtype])
     with pytest.raises(ValueError):
         _layers.gated(gate_up.astype(dtype), np.empty((N, f + 1), dtype))
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_gated_extremes(activation, simd):
+    """Far tails, zeros and non-finite gates, on every lane of the SIMD kernel and its masked tail: the
+    exponential never overflows into NaN where the activation has a limit, and NaN stays NaN."""
+    gate = np.array([-1e4, -200.0, -88.0, -30.0, -1e-30, -0.0, 0.0, 1e-30, 30.0, 88.0, 200.0, 1e4, 1e30, -1e30,
+                     np.inf, np.nan, -3.5], np.float32)
+    up = np.linspace(-2, 3, gate.size).astype(np.float32)
+    out = np.empty((1, gate.size), np.float32)
+    _layers.gated(np.concatenate([gate, up])[None], out, gelu=activation == "gelu_tanh")
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = reference.ACTIVATIONS[activation](gate.astype(np.float64)) * up
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(out[0, finite], want[finite], rtol=2e-6, atol=1e-30)
+    assert np.isnan(out[0, 15]) and out[0, 14] == np.inf * up[14]
 
 
 def test_rope_qkv_rejects_wrong_vectors(rng):
