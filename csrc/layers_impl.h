@@ -1,6 +1,6 @@
 /* The AVX2 row kernel of layers_core.pxi's gated activations (SwiGLU, GeGLU) in float32; the portable path is
- * the Cython loop there (libm's expf / tanhf, in double). layers_core.pxi calls it only where cpu_isa.h's probe
- * found AVX2 and FMA.
+ * the Cython loop there (libm's expf for SiLU, exp in double for GELU's sigmoid form). layers_core.pxi calls it
+ * only where cpu_isa.h's probe found AVX2 and FMA.
  *
  * Both activations are act(g) = g * sigmoid(z): z = g for SiLU; z = 2 y for GELU's tanh approximation,
  * y = sqrt(2 / pi) (g + 0.044715 g^3), since 0.5 (1 + tanh(y)) = sigmoid(2 y). sigmoid comes from

@@ -237,10 +237,10 @@ def test_extreme_blocks_stay_exact(qtype, simd):
 @pytest.mark.parametrize("n", [1, 8, 130])
 def test_one_and_two_threads_agree(qtype, n):
     """Each output row is computed whole by one thread: the row kernels (decode, small batches) and the AVX2
-    GEMMs of the prefill panels (integer, and float for F16) give the same bits on any thread count. The portable prefill path hands panels
-    of rows to sgemm, and how the rows are split into panels follows the threads; some BLAS builds (OpenBLAS
-    0.3.30's Haswell kernels on AMD Zen, seen here) round an element differently with the panel's height, so
-    there the two agree to float32 rounding."""
+    GEMMs of the prefill panels (integer, and float for F16) give the same bits on any thread count. The
+    portable prefill path hands panels of rows to sgemm, and how the rows are split into panels follows the
+    threads; some BLAS builds (OpenBLAS 0.3.30's Haswell kernels on AMD Zen, seen here) round an element
+    differently with the panel's height, so there the two agree to float32 rounding."""
     k = ks(qtype)[-1]
     raw, ref_w = weights(qtype, 100, k)
     x = activations(n, k)
