@@ -4,8 +4,9 @@
 #
 # Paths, chosen per call from N (DEC_N_MIN / PANEL_N_MIN per type):
 #   N < DEC_N_MIN (decode, small batches):
-#     block formats       x rounded once per call to int16 with a scale per 32 (per 256 for the 256-element
-#                         formats, evens before odds; d = max|x| / 32767, d * sum q and the halves' sums per 32),
+#     block formats       x rounded once per call to int16 with a scale per 32, d = max|x| / 32767 (per 256 for
+#                         the 256-element formats, evens before odds, d = max|x| / 16383); d * sum q and the
+#                         halves' sums per 32,
 #                         integer chunk dots on the weights unpacked to int16 (AVX2 madd or VNNI vpdpwssd, int32
 #                         sums), float accumulation; 4 weight rows (256-element formats: 1) x up to 4 activation
 #                         rows. With one activation row the 256-element formats fold 4 chunks' int32 dots into
@@ -20,7 +21,8 @@
 #     block formats, with SIMD (GEMM_TYPES): x rounded to int16 as on the integer path and packed once per call,
 #     the panel's rows unpacked to int16 with the sub-scales and constant offsets multiplied in (a float scale
 #     per block and the mins left), qlinear_impl.h's integer GEMM (6 weight rows x 16 activation rows, exact
-#     int32 sums over spans as long as no sum can overflow: 16 elements for Q6_K up to 256 for Q2_K / Q3_K).
+#     int32 sums over spans as long as no sum can overflow: 32 elements for Q6_K up to 256 for Q2_K / Q3_K; the
+#     15-bit activations of the 256-element formats doubled them, Q5_K-IQ4_XS's GEMM 1.04-1.10x).
 #     A madd does twice the multiply-adds of an FMA per operation. 1B prefill of 128 tokens (Zen 3,
 #     2 threads, tok/s) against the float32 panels: Q8_0 51 -> 66, Q6_K 53 -> 61, Q2_K 51 -> 73, Q3_K_M
 #     63 -> 82, Q4_K_M 51 -> 60. A first version that kept the sub-scales as float scales per 16 elements was

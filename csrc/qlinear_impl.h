@@ -4,14 +4,15 @@
  *
  * Four paths:
  *   - integer (every quantized format, n up to the table's int_n_max): the activation rows are quantized once
- *     per call to int16 with a float scale d = max|x| / 32767 per group of 32 elements, or of 256 for the
- *     256-element formats (round to nearest: each element moves by at most d / 2), in the order the kernels
- *     read (QL_ORDER), with per block of 32 s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32
- *     weights (blk_chunk's: x = dl * q + m, per half of 16) is unpacked to int16 and dotted with an activation
- *     block in integers (madd: int16 pairs into int32 lanes, exact), the constant offsets of some formats
- *     (QL_OFFSET) left out; the int32 sums are converted and fma'd with the scales into float lanes, and the
- *     offsets m enter as m * s (the 16-element sub-block formats: m_lo * sl + m_hi * sh). (int8 activations, ggml's Q8_1 / Q8_K,
- *     lost too much: greedy tokens of SmolLM2-135M agreed with the float path only 97 % of the time.)
+ *     per call to int16 with a float scale d = max|x| / QL_QMAX per group of 32 elements (16 bits), or of 256
+ *     for the 256-element formats (15 bits: the GEMM's int32 spans are twice as long), round to nearest (each
+ *     element moves by at most d / 2), in the order the kernels read (QL_ORDER), with per block of 32
+ *     s = d * sum(q) and the halves' sums sl, sh. Each chunk of 32 weights (blk_chunk's: x = dl * q + m, per
+ *     half of 16) is unpacked to int16 and dotted with an activation block in integers (madd: int16 pairs into
+ *     int32 lanes, exact), the constant offsets of some formats (QL_OFFSET) left out; the int32 sums are
+ *     converted and fma'd with the scales into float lanes, and the offsets m enter as m * s (the 16-element
+ *     sub-block formats: m_lo * sl + m_hi * sh). (int8 activations, ggml's Q8_0 / Q8_K, lose too much:
+ *     SmolLM2-135M's teacher-forced top-1 against the float path falls from 99.9-100 % to 94.5-96.5 %.)
  *   - F16 (n below DEC_N_MIN): float activations, F16C conversion of the weights, FMA.
  *   - decode-and-dot (every format past int_n_max; F16 without AVX2): 4 rows at a time are dequantized into a
  *     per-thread float buffer (L1) and handed to linear_impl.h's small-batch float kernels.
@@ -28,8 +29,8 @@
  * prefetched into L2 while a chunk computes (linear_impl.h's scheme).
  *
  * The activation quantization gives identical int16 values in the AVX2 and the portable code (the same float
- * operations: scale, clamp to [-32768, 32767] with NaN -> -32768, round half to even), and the integer dots are
- * exact, so the two paths differ only in the order of the float accumulation.
+ * operations: scale, clamp to [-QL_QMAX - 1, QL_QMAX] with NaN -> -QL_QMAX - 1, round half to even), and the
+ * integer dots are exact, so the two paths differ only in the order of the float accumulation.
  *
  * Weights are read byte by byte / with unaligned loads: GGUF data needs no alignment. fp16 values are
  * assembled little-endian.
@@ -61,19 +62,25 @@
  * sums the first half of the block in its low 128 bits, the second in its high ones. */
 #define QL_ORDER(group, j) ((group) == 256 ? ((j) & 1) * 16 + ((j) >> 1) : (j))
 
+/* The largest activation integer of a group: 16 bits for the 32-element formats; 15 bits for the 256-element
+ * ones, whose integers with the sub-scales folded in reach 4096 (Q6_K, IQ4_XS): half the activations' range is
+ * twice the GEMM's span between int32-to-float conversions (QL_GEMM_SPAN), 4-10 % of its time on Q5_K-Q6_K. */
+#define QL_QMAX(group) ((group) == 256 ? 16383 : 32767)
+
 /* x (k floats, k % group == 0, group 32 or 256) -> q (k int16, in QL_ORDER) with one scale per group,
- * d = max|x_group| / 32767, stored per block of 32; s = d * sum(q), sl, sh = d * the halves' sums, per block. */
+ * d = max|x_group| / QL_QMAX, stored per block of 32; s = d * sum(q), sl, sh = d * the halves' sums, per block. */
 static void ql_quant_row(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl, float *sh)
 {
     for (int g = 0; g < k / group; g++) {
         float amax = 0.0f;
         for (int j = 0; j < group; j++) amax = fmaxf(amax, fabsf(x[g * group + j]));
-        const float db = amax / 32767.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+        const float qmax = (float)QL_QMAX(group), qmin = -qmax - 1.0f;
+        const float db = amax / qmax, id = db != 0.0f ? 1.0f / db : 0.0f;
         for (int b = g * group / 32; b < (g + 1) * group / 32; b++) {
             int sum[2] = {0, 0};
             for (int j = 32 * b; j < 32 * b + 32; j++) {
-                float v = x[j] * id;                      /* clamp (NaN -> -32768), then round half to even: */
-                v = v != v ? -32768.0f : v < -32768.0f ? -32768.0f : v > 32767.0f ? 32767.0f : v;   /* as AVX2 */
+                float v = x[j] * id;                      /* clamp (NaN -> qmin), then round half to even: */
+                v = v != v ? qmin : v < qmin ? qmin : v > qmax ? qmax : v;                         /* as AVX2 */
                 const int16_t r = (int16_t)rintf(v);
                 q[32 * b + QL_ORDER(group, j - 32 * b)] = r;
                 sum[(j >> 4) & 1] += r;
@@ -105,7 +112,7 @@ static inline __attribute__((always_inline)) void ql_dot_portable_t(const int QT
             for (int j = 0; j < n; j++) {
                 const int16_t *x = a->q + (size_t)j * k + (size_t)c * 32;
                 const size_t ib = (size_t)j * nc + c;
-                int32_t lo = 0, hi = 0;                   /* |q_w| <= 127, |q_a| <= 32768: |sum| < 2^27 */
+                int32_t lo = 0, hi = 0;                   /* |q_w| <= 128, |q_a| <= 32768: |sum| < 2^27 */
                 for (int l = 0; l < 16; l++) {
                     lo += q[l] * x[QL_ORDER(BLK_ELEMS(QT), l)];
                     hi += q[l + 16] * x[QL_ORDER(BLK_ELEMS(QT), l + 16)];
@@ -137,15 +144,15 @@ BLK_QUANT_TYPES(X)
  * mins m per sub-block (x the activations' sums s_a):
  *   out[t, r] = sum over blocks b of d_a[t, b] d[r, b] I[t, r, b] + sum over sub-blocks u of m[r, u] s_a[t, u],
  * I the exact dot of the block, summed in int32 over spans of QL_GEMM_SPAN(qt) elements (the longest for which
- * 32767, the largest activation, times the largest integer times the span stays below 2^31; only a NaN's -32768
- * could reach it, for Q6_K) and in float32 across spans.
+ * QL_QMAX, the largest activation, times the largest integer times the span stays below 2^31; only a NaN's
+ * -QL_QMAX - 1 could reach it, for Q6_K) and in float32 across spans.
  * madd sums int16 pairs, so the register block is 6 weight rows x 16 activation rows, a pair of k at a time:
  * two loads of packed x (16 rows' pairs as int32 words) and 6 broadcasts of the weight rows' pairs for 12 madds
  * and 12 adds (or 12 vpdpwssd), 192 multiply-adds where float32 FMAs do 96 in as many operations. */
 #define QL_GEMM_MR LIN_GEMM_MR     /* 6: the float GEMM's, whose tile store it shares */
 #define QL_GEMM_KC 512      /* k per block: 16 activation rows' pairs (16 KB) and 6 weight rows (6 KB) in L1 */
-#define QL_GEMM_SPAN(qt) ((qt) == BLK_Q2_K || (qt) == BLK_Q3_K ? 256 : (qt) == BLK_Q4_K ? 64                      \
-                          : (qt) == BLK_Q6_K || (qt) == BLK_IQ4_XS ? 16 : 32)
+#define QL_GEMM_SPAN(qt) ((qt) == BLK_Q2_K || (qt) == BLK_Q3_K ? 256 : (qt) == BLK_Q4_K ? 128                     \
+                          : (qt) == BLK_Q5_K ? 64 : 32)
 #define QL_GEMM_MINS(qt) (!BLK_HAS_MIN(qt) ? 0 : BLK_SPLIT(qt) ? 16 : 32)   /* elements per min, 0: none */
 
 /* Bytes of ql_gemm_pack's output for n activation rows of k. */
@@ -217,14 +224,15 @@ QL_AVX2_INLINE int ql_hsum_i32(__m256i v)
 QL_AVX2 static void ql_quant_row_avx2(const float *x, int k, int group, int16_t *q, float *d, float *s, float *sl,
                                       float *sh)
 {
-    const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-32768.0f), hi = _mm256_set1_ps(32767.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f), hi = _mm256_set1_ps((float)QL_QMAX(group)),
+                 lo = _mm256_set1_ps(-(float)QL_QMAX(group) - 1.0f);
     const __m256i ones = _mm256_set1_epi16(1);
     for (int g = 0; g < k / group; g++) {
         __m256 m = _mm256_setzero_ps();
         for (int j = g * group; j < (g + 1) * group; j += 8)     /* max_ps(NaN, m) is m: NaNs skipped, as fmaxf */
             m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), m);
         const float amax = ql_hmax(m);
-        const float db = amax / 32767.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+        const float db = amax / (float)QL_QMAX(group), id = db != 0.0f ? 1.0f / db : 0.0f;
         const __m256 vid = _mm256_set1_ps(id);
         for (int b = g * group / 32; b < (g + 1) * group / 32; b++) {
             const float *xb = x + 32 * b;
@@ -524,7 +532,7 @@ QL_AVX2_INLINE __m256i ql_fold4(const __m256i *t)
  * (+ beta * out). QT and J are constants (rows past R are computed on row 0's blocks, not stored: no branch per
  * row in the loops). Per block: the lines of the rows QL_PF_ROWS further on are prefetched; each weight row's
  * chunk is unpacked to 2 x 16 int16 once and serves the J activation rows; each activation block is loaded once
- * and serves the 4 weight rows. madd: int16 pairs into int32 lanes (|w| <= 128, |q_a| <= 32767). ql_fold4
+ * and serves the 4 weight rows. madd: int16 pairs into int32 lanes (|w| <= 128, |q_a| <= 32768). ql_fold4
  * (cheaper than hadd here) folds the 4 rows' 8-lane sums into one vector (lanes r0 r1 r2 r3 | r0 r1
  * r2 r3), converted and fma'd with (the 4 rows' fp16 d) * d_a into one float accumulator per activation row;
  * the offsets m (Q4_1's and Q5_1's m, Q4_0's and Q5_0's QL_OFFSET * d) add m * s_a, the 4 rows in one xmm fma. */
@@ -922,8 +930,8 @@ QL_AVX2_INLINE void ql_gemm_avx2_t(const int ISA, const int B, const int SPAN, c
 
 /* The formats' (block, span, elements per min), and ql_gemm_<block>_<span>_<mins>_<level>: the GEMM of each at
  * each SIMD level of the integer dots. */
-#define QL_GEMM_CONFIGS(X) X(32, 32, 0) X(32, 32, 32) X(256, 256, 0) X(256, 256, 16) X(256, 64, 32) X(256, 32, 32) \
-                           X(256, 16, 0)
+#define QL_GEMM_CONFIGS(X) X(32, 32, 0) X(32, 32, 32) X(256, 256, 0) X(256, 256, 16) X(256, 128, 32)               \
+                           X(256, 64, 32) X(256, 32, 0)
 #define QL_GEMM_ISA(B, S, M, SUFFIX, ISA)                                                                      \
 QL_AVX2 static void ql_gemm_##B##_##S##_##M##_##SUFFIX(const uint8_t *xpk, int n, int k, const uint8_t *panel,      \
                                                      int rows, float *out, int ld_out, float beta)             \

@@ -7,14 +7,14 @@ Error bounds, per output element out[j, i] = x_j . w_i (w_i the dequantized row)
     |err| <= FLOAT_TOL * ||x_j|| * ||w_i||, and ||out - ref|| / ||ref|| <= FLOAT_TOL.
   - int16-activation paths (every block type at N < DEC_N_MIN; GEMM_TYPES from PANEL_N_MIN on, with SIMD: the
     integer GEMM): each activation group of g elements (g = 32,
-    or 256 for the formats with 256-element blocks) is rounded to d * q with d = max|x_b| / 32767 (q int16,
-    round to nearest), so each element moves by at most d / 2 = max|x_b| / 65534. Per group,
-    |w_b . e_b| <= ||w_b|| * sqrt(g) * max|x_b| / 65534 <= ||w_b|| * ||x_b|| * sqrt(g) / 65534, and by
-    Cauchy-Schwarz over groups |err| <= sqrt(g) / 65534 * ||x_j|| * ||w_i|| (8.6e-5 for g = 32, 2.4e-4 for
+    or 256 for the formats with 256-element blocks) is rounded to d * q with d = max|x_b| / Q (q int16, round
+    to nearest; Q = 32767 for g = 32, 16383 for g = 256), so each element moves by at most d / 2 = max|x_b| / 2Q.
+    Per group, |w_b . e_b| <= ||w_b|| * sqrt(g) * max|x_b| / 2Q <= ||w_b|| * ||x_b|| * sqrt(g) / 2Q, and by
+    Cauchy-Schwarz over groups |err| <= sqrt(g) / 2Q * ||x_j|| * ||w_i|| (8.6e-5 for g = 32, 4.9e-4 for
     256), plus the float part (FLOAT_TOL): int16_abs(qtype).
     The rounding errors are independent, uniform in +-d/2, so on random data the Frobenius relative error is
-    about 1 / (65534 sqrt(3)) * max/rms ~ 9e-6 * max/rms, ~ 8e-5 here (the outlier channel makes max/rms ~ 8):
-    asserted <= INT16_REL = 3e-4. int8 activations (d = max|x_b| / 127) break both by far: 258x the rounding,
+    about 1 / (2Q sqrt(3)) * max/rms ~ 9e-6 * max/rms for g = 32, ~ 8e-5 here (the outlier channel makes
+    max/rms ~ 8), twice that for g = 256: asserted <= INT16_REL = 3e-4. int8 activations (d = max|x_b| / 127) break both by far: 258x the rounding,
     2e-2 Frobenius and 6e-3 * ||x|| ||w|| elementwise on these data.
 """
 import functools
@@ -74,7 +74,8 @@ def activations(n, k, seed=1):
 
 
 def int16_abs(qtype):
-    return np.sqrt(BLOCKS[qtype][0]) / 65534
+    g = BLOCKS[qtype][0]
+    return np.sqrt(g) / (2 * (16383 if g == 256 else 32767))
 
 
 def int_path(qtype, n):
@@ -226,7 +227,7 @@ def test_extreme_blocks_stay_exact(qtype, simd):
     raw = raw.reshape(4, -1)
     ref_w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype)).astype(np.float64)
     for n in (3, 130):                                  # the integer dots, and the integer GEMM where it serves
-        x = np.full((n, k), -1.0, np.float32)           # every block's elements round to -32767
+        x = np.full((n, k), -1.0, np.float32)           # every element rounds to -32767 (-16383 in groups of 256)
         x[1::2] = 1.0
         out = np.empty((n, 4), np.float32)
         _qlinear.linear(x, raw, qtype, out)

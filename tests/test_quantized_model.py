@@ -20,8 +20,8 @@ CONFIG = ModelConfig(vocab_size=97, d_model=256, num_layers=2, num_heads=4, num_
                      max_seq_len=64)
 TYPES = [t for t in GGMLType if t in fastlm.weights.quant.KERNEL_TYPES]
 # Decode logits against the dequantised model's, relative to the logits' spread: F16 multiplies in float32;
-# the block types take int16 activations (rounding error up to half a step of amax / 32767 per value, about
-# 1e-5 of a dot product), compounded through the layers.
+# the block types take int16 activations (rounding error up to half a step of amax / 32767 per value, or of
+# amax / 16383 for the 256-element formats, about 1e-5 of a dot product), compounded through the layers.
 DECODE_TOLERANCE = {t: 1e-4 if t == GGMLType.F16 else 1e-3 for t in TYPES}
 
 
