@@ -29,6 +29,11 @@
  * a prefetch is harmless but pointer arithmetic would be undefined. */
 #define LIN_AHEAD(p, k) ((const void *)((uintptr_t)(p) + (uintptr_t)LIN_PF_ROWS * (size_t)(k) * sizeof(*(p))))
 
+/* The float GEMM's blocking (below): k per block, weight rows per register tile. Outside the x86 block, since the
+ * prefill panels are sized in tiles on every machine (qlinear_core.pxi's PANEL_ROWS_MIN). */
+#define LIN_GEMM_KC 256
+#define LIN_GEMM_MR 6
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
@@ -122,9 +127,6 @@ LIN_AVX2_DRIVERS(lin_small_f32_avx2, float, k, "avx2,fma")
  * 16 rows of packed x (16 KB) and the 6 weight rows (6 KB) of a block stay in L1 while the tiles sweep, and all
  * of x's block (n * 1 KB) in L2. Nothing is packed per panel: BLAS's sgemm packed both operands again for each
  * decoded panel (a fifth of the 1B prefill's time). */
-#define LIN_GEMM_KC 256
-#define LIN_GEMM_MR 6
-
 /* Bytes of lin_gemm_pack_x's output for x (n, k). */
 static inline size_t lin_gemm_packed_bytes(int n, int k) { return (size_t)(n + 15) / 16 * 16 * (size_t)k * 4; }
 
