@@ -16,8 +16,8 @@ the second half scored, BOS in place of each chunk's first token when the vocabu
 * llama.cpp through llama-cpp-python (the optional ``peers`` extra), one chunk per decode from an empty cache,
   with llama-perplexity's CPU defaults (flash attention on: its ``auto``; F16 KV cache).
 
-At n_ctx >= 96 fastlm's quantized projections run the integer GEMM on activations rounded to 16 bits, as its
-decode kernels do (see csrc/qlinear.pyx), so on these chunks the stored-file path differs from the float32 path
+At n_ctx >= 96 fastlm's quantized projections run the integer GEMM on activations rounded to 16 bits (15 for
+the 256-element formats), as its decode kernels do (see csrc/qlinear.pyx), so on these chunks the stored-file path differs from the float32 path
 by that rounding (tests/test_quantized_model.py holds the decode kernels' teacher-forced top-1); llama.cpp
 rounds the activations to 8 bits. A type is marked, and the exit status is 1, where fastlm's perplexity is above
 llama.cpp's by more than ``--max-worse`` percent or the top-1 agreement is under ``--min-top1`` percent.
