@@ -32,7 +32,12 @@ ctypedef fused floating:
 
 include "attention_core.pxi"
 
-cdef bint _cpu_simd = attn_cpu_has_avx2_fma()
+cdef extern from "cpu_isa.h" nogil:
+    enum:
+        FL_ISA_AVX2
+    int fl_cpu_has(int isa)
+
+cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2)
 include "simd_switch.pxi"
 cdef Py_ssize_t _allocations = 0   # calls that allocated their own scratch (scratch=None)
 

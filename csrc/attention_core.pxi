@@ -8,7 +8,6 @@ cdef extern from "math.h" nogil:
 
 cdef extern from "attention_impl.h" nogil:
     enum: ATTN_TK
-    int attn_cpu_has_avx2_fma()
     void attn_pack_kt_f32_avx2(const float* k, int nk, int dk, float* kt)
     void attn_scores_f32_avx2(const float* qs, int m, int dk, const float* kt, int nk, float* s)
     void attn_softmax_f32_avx2(float* s, int m, int nk, int g, int diag, int lo_diag, float* mx, float* l, float* o, int dk)

@@ -2,7 +2,7 @@
  * and portable ones for float32 and float64 from attention_portable.h, included at the end.
  *
  * The AVX2 code is compiled with a target attribute, not -march, so the extension loads on any x86-64;
- * attention.pyx calls it only after attn_cpu_has_avx2_fma() said yes.
+ * attention.pyx calls it only where cpu_isa.h's probe found AVX2 and FMA.
  *
  * One call works on one tile. M = query rows of the tile (query positions x the query heads sharing a KV
  * head), nk = keys in the tile (<= ATTN_TK), dk = head dim (any value >= 1). Buffers:
@@ -38,12 +38,6 @@ static inline int attn_row_keys(int diag, int r, int g, int nk)
 
 #define ATTN_AVX2 __attribute__((target("avx2,fma")))
 #define ATTN_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
-
-static int attn_cpu_has_avx2_fma(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 
 ATTN_AVX2_INLINE float attn_hsum_ps(__m256 v)
 {
@@ -231,9 +225,8 @@ ATTN_AVX2 static void attn_pv_f32_avx2(const float *s, int m, int nk, const floa
     }
 }
 
-#else  /* not x86: no SIMD path; attention.pyx never calls these because attn_cpu_has_avx2_fma() is 0 */
+#else  /* not x86: no SIMD path; attention.pyx never calls these (fl_cpu_has(FL_ISA_AVX2) is 0) */
 
-static int attn_cpu_has_avx2_fma(void) { return 0; }
 static void attn_pack_kt_f32_avx2(const float *k, int nk, int dk, float *kt) {}
 static void attn_scores_f32_avx2(const float *qs, int m, int dk, const float *kt, int nk, float *s) {}
 static void attn_softmax_f32_avx2(float *s, int m, int nk, int g, int diag, int lo_diag, float *mx, float *l,

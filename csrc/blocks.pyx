@@ -29,7 +29,7 @@ include "linear_core.pxi"
 include "attention_core.pxi"
 include "qlinear_core.pxi"
 
-cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2) and attn_cpu_has_avx2_fma()
+cdef bint _cpu_simd = fl_cpu_has(FL_ISA_AVX2)
 include "simd_switch.pxi"
 
 
